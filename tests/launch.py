@@ -1,0 +1,49 @@
+"""Runs real `horovodrun` jobs for the tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HOROVODRUN = Path(sys.executable).with_name("horovodrun")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process: the repo importable, TF quiet, one thread per op."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("HOROVOD_GLOO_IFACE", "lo")
+    env.update(extra)
+    return env
+
+
+def horovodrun(
+    num_proc: int, argv: list[str], *, timeout: float = 600, check: bool = True, **env: str
+) -> subprocess.CompletedProcess:
+    """`horovodrun -np N -H localhost:N --gloo python ARGV...`, output captured."""
+    cmd = [str(HOROVODRUN), "-np", str(num_proc), "-H", f"localhost:{num_proc}", "--gloo"]
+    cmd += [sys.executable, *argv]
+    return run(cmd, timeout=timeout, check=check, **env)
+
+
+def run(
+    cmd: list[str], *, timeout: float = 600, check: bool = True, **env: str
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO_ROOT,
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}"
+            f"\n--- stderr\n{proc.stderr[-6000:]}"
+        )
+    return proc
