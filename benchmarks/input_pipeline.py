@@ -1,0 +1,111 @@
+"""DALI (CPU) vs tf.data input throughput on realistic ImageNet-sized JPEGs.
+
+Makes a sample JPEG folder (photos from scikit-learn, ~500x375 like ImageNet), converts it
+with dataprep, then runs the train and eval preprocessing of each backend with the same
+threads, image size and batch size, one after the other in this process, and prints a table.
+
+    python benchmarks/input_pipeline.py --num_threads=2 --image_size=224 \
+        --output_json=results/input_pipeline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tfconvnets.data import DataConfig  # noqa: E402
+from tfconvnets.data.benchmark import run_data_benchmark  # noqa: E402
+from tfconvnets.data.sample_images import write_sample_jpeg_folder  # noqa: E402
+from tfconvnets.dataprep import convert_dataset  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work_dir", help="where the sample data go (default: a temp dir)")
+    parser.add_argument("--num_train", type=int, default=512)
+    parser.add_argument("--num_val", type=int, default=512)
+    parser.add_argument("--num_classes", type=int, default=16)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--num_threads", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--num_batches", type=int, default=100, help="measured batches per split")
+    parser.add_argument("--warmup_batches", type=int, default=3)
+    parser.add_argument("--backends", default="dali,tf")
+    parser.add_argument("--output_json", help="write the results here")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory() as temp:
+        work = args.work_dir or temp
+        jpegs = os.path.join(work, "jpeg")
+        tfrecords = os.path.join(work, "tfrecords")
+        if not os.path.isdir(jpegs):
+            write_sample_jpeg_folder(jpegs, args.num_train, args.num_val, args.num_classes)
+        convert_dataset(
+            jpegs,
+            tfrecords,
+            num_shards_train=8,
+            num_shards_val=4,
+            workers=1,
+            progress=False,
+        )
+        results = []
+        for backend in args.backends.split(","):
+            config = DataConfig(
+                backend=backend,
+                data_dir=tfrecords,
+                data_idx_dir=os.path.join(tfrecords, "idx"),
+                image_size=args.image_size,
+                num_classes=args.num_classes,
+                dali_device="cpu",
+                num_threads=args.num_threads,
+            )
+            results.append(
+                run_data_benchmark(
+                    config,
+                    batch_size=args.batch_size,
+                    num_batches=args.num_batches,
+                    warmup_batches=args.warmup_batches,
+                )
+            )
+
+    header = (
+        f"{'backend':<10} {'split':<11} {'images':>7} {'images/s':>9} {'/thread':>8} {'/CPU-s':>7}"
+    )
+    print(
+        f"\n{args.image_size}px, batch {args.batch_size}, {args.num_threads} threads, "
+        f"{os.cpu_count()} cores visible\n{header}\n{'-' * len(header)}"
+    )
+    for result in results:
+        name = result["backend"] + ("-cpu" if result["backend"] == "dali" else "")
+        for split in ("train", "validation"):
+            r = result[split]
+            print(
+                f"{name:<10} {split:<11} {r['images']:>7} {r['images_per_sec']:>9.1f} "
+                f"{r['images_per_sec'] / args.num_threads:>8.1f} {r['images_per_cpu_sec']:>7.1f}"
+            )
+    if args.output_json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
+        with open(args.output_json, "w") as f:
+            json.dump(
+                {
+                    "args": vars(args),
+                    "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
+        print(f"\nWrote {args.output_json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The training / evaluation / export runtime: the loop, the modes, checkpoints and logs."""

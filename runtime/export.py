@@ -1,0 +1,56 @@
+"""SavedModel export for serving: raw images in, probabilities and classes out."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from runtime.steps import inference_function
+from tfconvnets.constants import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+
+def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int, xla: bool) -> str:
+    """Writes a SavedModel with two signatures, atomically (temporary directory, then rename).
+
+    `serving_default` takes float32 images `[N, S, S, 3]` on the 0-255 scale and
+    `serving_uint8` takes uint8 images; both normalize inside and return `probabilities`
+    `[N, C]` and `classes` `[N]` (0-based; line `classes + 1` of labels.txt).
+    The forward pass is XLA-compiled when `xla` (grouped convolutions need it on a CPU).
+    """
+    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)
+    std = tf.constant(IMAGENET_STD_RGB, tf.float32)
+    forward = inference_function(model, xla=xla)
+
+    def serve(images):
+        logits = forward((tf.cast(images, tf.float32) - mean) / std)
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    shape = [None, image_size, image_size, 3]
+    archive.add_endpoint(
+        "serving_default", serve, input_signature=[tf.TensorSpec(shape, tf.float32, name="images")]
+    )
+    archive.add_endpoint(
+        "serving_uint8", serve, input_signature=[tf.TensorSpec(shape, tf.uint8, name="images")]
+    )
+
+    final = Path(export_dir)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tf_logger = tf.get_logger()
+    level = tf_logger.level
+    tf_logger.setLevel("WARNING")  # signature serialization logs every input name at INFO
+    try:
+        archive.write_out(str(tmp), verbose=False)
+    finally:
+        tf_logger.setLevel(level)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return str(final)

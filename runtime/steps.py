@@ -1,0 +1,120 @@
+"""The compiled per-batch functions: one training step and one evaluation step."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from runtime.distributed import Distributed
+from tfconvnets.training import decayed_kernels, l2_penalty, mixup
+
+
+class TrainStep:
+    """One data-parallel SGD step.
+
+    Loss and gradients come from an XLA-compiled function (when `xla`); Horovod averages the
+    gradients outside it (its ops cannot run inside XLA); the Keras optimizer applies them.
+    Non-finite averaged gradients are never applied: the loss-scale optimizer skips them and
+    lowers its scale under float16, and this step skips them in float32/bfloat16. The streak of
+    consecutive non-finite losses stays on the device, read only when the loop syncs anyway.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        dist: Distributed,
+        *,
+        num_classes: int,
+        weight_decay: float,
+        label_smoothing: float,
+        mixup_alpha: float,
+        xla: bool,
+        fp16_allreduce: bool,
+        seed: int,
+    ) -> None:
+        self._model = model
+        self._optimizer = optimizer
+        self._dist = dist
+        self._num_classes = num_classes
+        self._weight_decay = weight_decay
+        self._mixup_alpha = mixup_alpha
+        self._fp16_allreduce = fp16_allreduce
+        self._seed = seed
+        self._kernels = decayed_kernels(model)
+        self._loss_fn = keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=label_smoothing
+        )
+        self._handles_nonfinite = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        self.nonfinite_streak = tf.Variable(0, trainable=False, dtype=tf.int64)
+        self.worst_streak = tf.Variable(0, trainable=False, dtype=tf.int64)
+        self.first_nonfinite_step = tf.Variable(-1, trainable=False, dtype=tf.int64)
+        self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=xla)
+        self._step = tf.function(self._step_fn)
+
+    def __call__(self, images, labels, step):
+        return self._step(images, labels, step)
+
+    def _loss_and_grads_fn(self, images, targets):
+        with tf.GradientTape() as tape:
+            logits = self._model(images, training=True)
+            loss = self._loss_fn(targets, logits) + l2_penalty(self._kernels, self._weight_decay)
+            scaled_loss = self._optimizer.scale_loss(loss)
+        return loss, tape.gradient(scaled_loss, self._model.trainable_variables)
+
+    def _step_fn(self, images, labels, step):
+        targets = tf.one_hot(labels, self._num_classes)
+        if self._mixup_alpha > 0:
+            seed = tf.stack([tf.constant(self._seed, tf.int64), tf.cast(step, tf.int64)])
+            images, targets = mixup(images, targets, self._mixup_alpha, seed)
+        loss, grads = self._loss_and_grads(images, targets)
+        grads = self._dist.average_gradients(grads, self._fp16_allreduce)
+        variables = self._model.trainable_variables
+        if self._handles_nonfinite:
+            self._optimizer.apply(grads, variables)
+        else:
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+            tf.cond(finite, lambda: self._apply(grads, variables), lambda: tf.no_op())
+        self._track_nonfinite(loss, step)
+        return loss
+
+    def _apply(self, grads, variables):
+        self._optimizer.apply(grads, variables)
+        return tf.no_op()
+
+    def _track_nonfinite(self, loss, step):
+        finite = tf.math.is_finite(loss)
+        streak = tf.where(finite, tf.constant(0, tf.int64), self.nonfinite_streak + 1)
+        self.nonfinite_streak.assign(streak)
+        self.worst_streak.assign(tf.maximum(self.worst_streak, streak))
+        first_of_streak = tf.logical_and(tf.equal(streak, 1), self.first_nonfinite_step < 0)
+        self.first_nonfinite_step.assign(
+            tf.where(first_of_streak, tf.cast(step, tf.int64), self.first_nonfinite_step)
+        )
+
+
+class EvalStep:
+    """Counts top-1 / top-5 hits of one batch; padded entries (label -1) are not counted."""
+
+    def __init__(self, model: keras.Model, *, xla: bool) -> None:
+        self._model = model
+        self._step = tf.function(self._step_fn, jit_compile=xla)
+
+    def __call__(self, images, labels):
+        return self._step(images, labels)
+
+    def _step_fn(self, images, labels):
+        logits = self._model(images, training=False)
+        k = min(5, logits.shape[-1])
+        top_k = tf.math.top_k(logits, k=k).indices
+        labels = tf.cast(labels, top_k.dtype)
+        valid = labels >= 0
+        top1 = tf.logical_and(valid, tf.equal(top_k[:, 0], labels))
+        top5 = tf.logical_and(valid, tf.reduce_any(tf.equal(top_k, labels[:, None]), axis=1))
+        counts = [top1, top5, valid]
+        return tf.stack([tf.reduce_sum(tf.cast(c, tf.int64)) for c in counts])
+
+
+def inference_function(model: keras.Model, *, xla: bool):
+    """The model's forward pass in inference mode, compiled once per input shape."""
+    return tf.function(lambda images: model(images, training=False), jit_compile=xla)

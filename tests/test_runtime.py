@@ -1,0 +1,223 @@
+"""The product's main job, run for real: main.py in real processes, under horovodrun."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import checkpoints
+from tests.launch import horovodrun, run, subprocess_env
+from tfconvnets.dllogger import read_log
+
+SMALL = [
+    "--arch=resnet50", "--image_size=32", "--num_classes=10", "--batch_size=8",
+    "--display_every=5", "--noprogress_bar", "--num_threads=1",
+]  # fmt: skip
+
+
+def main_py(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "main.py", *args], check=check)
+
+
+def fingerprints(output: str) -> dict[int, str]:
+    return {int(r): f for r, f in re.findall(r"rank (\d+): weights fingerprint (\w+)", output)}
+
+
+@pytest.fixture(scope="module")
+def trained(digits_tfrecords, tmp_path_factory):
+    """Two ranks train through DALI-CPU, are stopped half way (--run_iter), and resume."""
+    model_dir = tmp_path_factory.mktemp("trained") / "model"
+    args = [
+        "main.py", *SMALL, "--mode=train_and_evaluate", f"--data_dir={digits_tfrecords}",
+        "--data_backend=dali", "--dali_device=cpu", f"--model_dir={model_dir}",
+        "--num_iter=60", "--iter_unit=batch", "--run_iter=30", "--lr_warmup_epochs=0.2",
+        "--zero_init_last_bn", "--crop_area_min=0.5", "--norandom_flip", "--checkpoint_every=10",
+    ]  # fmt: skip
+    first = horovodrun(2, args)
+    second = horovodrun(2, args)
+    return {"model_dir": model_dir, "data_dir": digits_tfrecords, "runs": (first, second)}
+
+
+@pytest.mark.slow
+def test_two_process_dali_training_resumes_and_ranks_agree(trained):
+    first, second = trained["runs"]
+    model_dir = trained["model_dir"]
+    # The first run stopped at step 30 with a checkpoint, the second resumed there and ended at 60.
+    assert "resumed at step 30" in second.stderr
+    steps = [int(p.name.split("-")[1]) for p in checkpoints.list_checkpoints(model_dir)]
+    assert max(steps) == 60 and 30 in steps
+    for run_ in (first, second):
+        prints = fingerprints(run_.stdout + run_.stderr)
+        assert set(prints) == {0, 1}, run_.stderr[-3000:]
+        assert prints[0] == prints[1]
+        assert "all 2 ranks hold identical weights" in run_.stderr
+    # Both runs appended to one DLLogger log; step numbers continue across the restart.
+    records = list(read_log(model_dir / "log.json"))
+    logged_steps = [r["step"][1] for r in records if "loss" in r["data"]]
+    assert logged_steps == sorted(logged_steps) and logged_steps[-1] == 60
+    # Evaluation counted every validation image once, across both ranks. (That the model
+    # learns is shown by tests/test_demo.py, which trains long enough to tell.)
+    evals = [r["data"] for r in records if r["step"] == [] and "top1_accuracy" in r["data"]]
+    assert [e["eval_examples"] for e in evals] == [360, 360]
+    # A third run of the same command has nothing left to do.
+    third = horovodrun(2, [a for a in first.args[first.args.index("main.py") :]])
+    assert "nothing to train" in third.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_predict_and_export_from_the_trained_checkpoint(trained, tmp_path):
+    model_dir, data_dir = trained["model_dir"], trained["data_dir"]
+    common = [*SMALL, f"--model_dir={model_dir}", f"--data_dir={data_dir}", "--data_backend=tf"]
+    export_dir = tmp_path / "export"
+    evaluated = main_py(
+        *common, "--mode=evaluate", f"--results_dir={tmp_path}", f"--export_dir={export_dir}"
+    )
+    assert "top1_accuracy=" in evaluated.stdout
+    summary = [r["data"] for r in read_log(tmp_path / "log.json") if r["step"] == []][-1]
+    assert summary["eval_examples"] == 360
+
+    # predict: top-5 with the class names of labels.txt, for every image of a directory.
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    jpegs = sorted(Path(data_dir).parent.glob("jpeg/validation/7/*.JPEG"))[:2]
+    for p in jpegs:
+        (samples / p.name).write_bytes(p.read_bytes())
+    predicted = main_py(
+        *common, "--mode=predict", f"--to_predict={samples}", f"--results_dir={tmp_path}"
+    )
+    lines = [line for line in predicted.stdout.splitlines() if line.startswith(str(samples))]
+    assert len(lines) == 2 and all(len(line.split(",")) == 5 for line in lines)
+
+    # The SavedModel, reloaded by plain TensorFlow in a fresh process, predicts like the checkpoint.
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3)).astype(np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    reference = _checkpoint_probabilities(model_dir, images)
+    fresh = subprocess.run(
+        [sys.executable, "-c", RELOAD_SNIPPET, str(export_dir), str(tmp_path / "images.npy")],
+        cwd=tmp_path,  # not the repo: no project code importable
+        env={k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"},
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    reloaded = json.loads(fresh.stdout.strip().splitlines()[-1])
+    assert reloaded["modules"] == []
+    for signature in ("serving_default", "serving_uint8"):
+        np.testing.assert_allclose(reloaded[signature], reference, atol=1e-5)  # fp32, same graph
+    shown = run(
+        [
+            str(Path(sys.executable).with_name("saved_model_cli")),
+            "show",
+            "--dir",
+            str(export_dir),
+            "--all",
+        ]
+    )
+    assert "serving_default" in shown.stdout and "probabilities" in shown.stdout
+
+
+RELOAD_SNIPPET = """
+import json, sys
+import numpy as np, tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+images = np.load(sys.argv[2])
+out = {"modules": sorted(m for m in sys.modules if m.split(".")[0] in ("tfconvnets", "runtime"))}
+out["serving_default"] = loaded.signatures["serving_default"](images=tf.constant(images, tf.float32))["probabilities"].numpy().tolist()
+out["serving_uint8"] = loaded.signatures["serving_uint8"](images=tf.constant(images))["probabilities"].numpy().tolist()
+print(json.dumps(out))
+"""
+
+
+def _checkpoint_probabilities(model_dir: Path, images: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    from tfconvnets.constants import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+    from tfconvnets.models import create_model
+
+    model = create_model("resnet50", 10, input_shape=(32, 32, 3))
+    found = checkpoints.latest_valid_checkpoint(model_dir)
+    assert found is not None
+    path, meta, arrays = found
+    checkpoints.assign_variables(
+        model.variables, meta["model_variables"], arrays, "model", str(path)
+    )
+    normalized = (images.astype(np.float32) - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB
+    return tf.nn.softmax(model(normalized, training=False)).numpy()
+
+
+def test_benchmark_modes_and_model_summary(tmp_path):
+    bench = [
+        *SMALL,
+        "--num_iter=6",
+        "--iter_unit=batch",
+        "--warmup_steps=2",
+        f"--results_dir={tmp_path}",
+    ]
+    trained = main_py(*bench, "--mode=training_benchmark")
+    assert re.search(r"train_throughput=\d+\.\d+", trained.stdout)
+    inferred = main_py(*bench, "--mode=inference_benchmark", "--inference_batch_sizes=1,4")
+    summaries = [r["data"] for r in read_log(tmp_path / "log.json") if r["step"] == []]
+    by_batch = {s["batch_size"]: s for s in summaries if "eval_latency_p99" in s}
+    assert set(by_batch) == {1, 4}, inferred.stdout
+    for row in by_batch.values():
+        assert row["eval_throughput"] > 0
+        assert row["eval_latency_p50"] <= row["eval_latency_p90"] <= row["eval_latency_p99"]
+    summary = main_py("--mode=model_summary", "--arch=resnet50")
+    assert "trainable_params=25,557,032" in summary.stdout
+    gmacs = float(re.search(r"gmacs=([\d.]+)", summary.stdout).group(1))
+    assert 4.0 < gmacs < 4.2
+
+
+def test_data_benchmark_mode(digits_tfrecords, tmp_path):
+    out = main_py(
+        *SMALL, "--mode=data_benchmark", f"--data_dir={digits_tfrecords}", "--data_backend=tf",
+        "--num_iter=5", "--iter_unit=batch", "--warmup_steps=1", f"--results_dir={tmp_path}",
+    )  # fmt: skip
+    assert "summary:" in out.stdout
+
+
+@pytest.mark.parametrize("arch", ["resnext101-32x4d", "se-resnext101-32x4d"])
+def test_101_layer_archs_train_on_cpu(arch, tmp_path):
+    """On a CPU without XLA the grouped convolutions take the split path; both must train."""
+    args = [
+        f"--arch={arch}", "--image_size=32", "--num_classes=10", "--batch_size=2", "--noprogress_bar",
+        "--mode=train", "--data_backend=synthetic", f"--model_dir={tmp_path}", "--num_iter=2",
+        "--iter_unit=batch", "--display_every=1", "--warmup_steps=0",
+    ]  # fmt: skip
+    out = main_py(*args)
+    found = checkpoints.latest_valid_checkpoint(tmp_path)
+    assert found is not None and found[1]["step"] == 2 and found[1]["arch"] == arch, out.stderr[
+        -2000:
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--arch=resnet51"], "--arch"),
+        (["--mode=fly"], "--mode"),
+        (["--mode=train"], "--data_dir is required"),
+        (
+            ["--mode=train", "--data_dir=/no/such/dir", "--model_dir=/tmp/x"],
+            "--data_dir: /no/such/dir",
+        ),
+        (["--mode=training_benchmark", "--batch_size=0"], "--batch_size: must be positive"),
+        (["--mode=training_benchmark", "--data_backend=foo"], "--data_backend"),
+        (["--mode=training_benchmark", "--amp_dtype=int8"], "--amp_dtype"),
+        (["--mode=training_benchmark", "--label_smoothing=1.5"], "--label_smoothing"),
+        (["--mode=training_benchmark", "--iter_unit=week"], "--iter_unit"),
+        (["--mode=training_benchmark", "--image_size=8"], "--image_size: must be at least 32"),
+        (["--mode=predict", "--model_dir=/tmp"], "--to_predict is required"),
+        (["--mode=evaluate", "--data_backend=synthetic"], "--model_dir is required"),
+        (["--mode=training_benchmark", "--inference_batch_sizes=a"], "--inference_batch_sizes"),
+    ],
+)
+def test_bad_flags_get_one_line_errors(args, expected):
+    proc = main_py(*args, check=False)
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,236 @@
+"""The DALI pipeline, consumed through ``nvidia.dali.plugin.tf.DALIDataset``.
+
+Train: ``readers.tfrecord`` (shuffle buffer records.SHUFFLE_BUFFER) ->
+``decoders.image_random_crop`` (area [crop_area_min, 1], aspect 3/4-4/3) -> ``resize`` to S x S
+-> ``crop_mirror_normalize`` (mirror from ``random.coin_flip``, HWC). Eval: ``decoders.image``
+-> ``resize(resize_shorter=S / EVAL_CROP_FRACTION)`` -> ``crop_mirror_normalize`` (center crop).
+Labels are shifted to 0-based inside DALI.
+
+Devices (``--dali_device``; "auto" picks the GPU when TensorFlow sees one, and logs it):
+- cpu: every operator on the CPU, ``device_id=None``, the dataset placed on /cpu:0.
+- gpu: decoders ``device="mixed"`` (nvJPEG), resize and normalize on the GPU,
+  ``device_id=local_rank``. Training datasets are placed on /gpu:0 and returned as they are,
+  since tf.data transformations have no GPU kernels (DALI's docs say not to add any): the
+  labels are shifted in DALI but not range-checked in-graph, and bfloat16 images come out as
+  float32 (DALI has no bfloat16; Keras' mixed policy casts model inputs). Eval datasets decode
+  on the GPU but are handed to /cpu:0, so that the padding labels and label checks below apply
+  (one device-to-host copy per eval batch).
+
+Sharding is DALI's own (record range ``[N*i//n, N*(i+1)//n)`` of the split). In training the
+reader moves to the next shard each epoch (``stick_to_shard=False``), so ranks still cover the
+split once per epoch together. Eval uses ``pad_last_batch`` (repeats of the last record), and
+those repeats get label -1 here, from the batch position.
+
+skip_corrupt is not supported: DALI's decoders have no way to skip a record, and a pre-scan
+would decode the whole split on every start. The build fails with a UserError that suggests
+--data_backend=tf (which skips them) or rebuilding the dataset with dataprep --skip_corrupt.
+"""
+
+from __future__ import annotations
+
+import types as pytypes
+
+import tensorflow as tf
+from absl import logging
+
+from tfconvnets import constants
+from tfconvnets.data import DataConfig, Pipeline, eval_steps, records, train_steps
+from tfconvnets.data.tf_pipeline import eval_resize_size
+from tfconvnets.errors import UserError
+
+
+def import_dali() -> pytypes.SimpleNamespace:
+    """DALI's modules, or a UserError saying DALI is unusable (never a silent fallback)."""
+    try:
+        import nvidia.dali.plugin.tf as dali_tf
+        import nvidia.dali.tfrecord as tfrec
+        from nvidia.dali import fn, types
+        from nvidia.dali.pipeline import Pipeline as DaliPipeline
+    except Exception as e:  # noqa: BLE001 - a plugin built for another TF fails in many ways
+        raise UserError(
+            f"--data_backend=dali, but DALI or its TensorFlow plugin cannot be imported ({e}); "
+            "install nvidia-dali-cuda120 and nvidia-dali-tf-plugin-cuda120 "
+            "(scripts/setup_env.sh), or choose --data_backend=tf"
+        ) from e
+    return pytypes.SimpleNamespace(
+        fn=fn, types=types, tfrec=tfrec, Pipeline=DaliPipeline, dali_tf=dali_tf
+    )
+
+
+def resolve_device(dali_device: str) -> str:
+    """ "cpu" or "gpu" for --dali_device (auto: gpu if TensorFlow sees one)."""
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if dali_device == "gpu" and not has_gpu:
+        raise UserError("--dali_device=gpu, but TensorFlow sees no GPU; use --dali_device=cpu")
+    device = "cpu" if dali_device == "cpu" else ("gpu" if has_gpu else "cpu")
+    logging.info(
+        "DALI runs on the %s (--dali_device=%s%s)",
+        device.upper(),
+        dali_device,
+        ", no GPU visible" if dali_device == "auto" and not has_gpu else "",
+    )
+    return device
+
+
+def _dali_graph(
+    dali: pytypes.SimpleNamespace,
+    plan: records.SplitPlan,
+    config: DataConfig,
+    *,
+    batch_size: int,
+    training: bool,
+    shard_id: int,
+    num_shards: int,
+    seed: int,
+    device: str,
+    local_rank: int,
+):
+    fn, types, tfrec = dali.fn, dali.types, dali.tfrec
+    gpu = device == "gpu"
+    decoder_device, op_device = ("mixed", "gpu") if gpu else ("cpu", "cpu")
+    size = config.image_size
+    pipe = dali.Pipeline(
+        batch_size=batch_size,
+        num_threads=config.num_threads,
+        device_id=local_rank if gpu else None,
+        seed=seed,
+    )
+    with pipe:
+        inputs = fn.readers.tfrecord(
+            path=[s.shard for s in plan.shards],
+            index_path=[s.index for s in plan.shards],
+            features={
+                records.ENCODED: tfrec.FixedLenFeature((), tfrec.string, ""),
+                records.LABEL: tfrec.FixedLenFeature([1], tfrec.int64, -1),
+            },
+            shard_id=shard_id,
+            num_shards=num_shards,
+            random_shuffle=training,
+            initial_fill=records.SHUFFLE_BUFFER,
+            pad_last_batch=not training,
+            stick_to_shard=not training,
+            name="Reader",
+        )
+        jpegs = inputs[records.ENCODED]
+        # nvJPEG buffer paddings from NVIDIA's ImageNet scripts (avoid reallocations).
+        decoder_args = (
+            {"device_memory_padding": 211_025_920, "host_memory_padding": 140_544_512}
+            if gpu
+            else {}
+        )
+        normalize_args = {}
+        if training:
+            images = fn.decoders.image_random_crop(
+                jpegs,
+                device=decoder_device,
+                output_type=types.RGB,
+                random_area=[config.crop_area_min, 1.0],
+                random_aspect_ratio=[3 / 4, 4 / 3],
+                num_attempts=10,
+                **decoder_args,
+            )
+            images = fn.resize(images, device=op_device, resize_x=size, resize_y=size)
+            if config.random_flip:
+                normalize_args["mirror"] = fn.random.coin_flip(probability=0.5)
+        else:
+            images = fn.decoders.image(
+                jpegs, device=decoder_device, output_type=types.RGB, **decoder_args
+            )
+            images = fn.resize(images, device=op_device, resize_shorter=eval_resize_size(size))
+            normalize_args["crop"] = (size, size)
+        images = fn.crop_mirror_normalize(
+            images,
+            device=op_device,
+            dtype=types.FLOAT16 if config.dtype == "float16" else types.FLOAT,
+            output_layout="HWC",
+            mean=list(constants.IMAGENET_MEAN_RGB),
+            std=list(constants.IMAGENET_STD_RGB),
+            **normalize_args,
+        )
+        labels = fn.cast(inputs[records.LABEL], dtype=types.INT32) - 1
+        if gpu and training:
+            labels = labels.gpu()
+        pipe.set_outputs(images, labels)
+    return pipe
+
+
+def build(
+    config: DataConfig,
+    *,
+    split: str,
+    batch_size: int,
+    training: bool,
+    shard_id: int,
+    num_shards: int,
+    seed: int,
+    local_rank: int,
+) -> Pipeline:
+    dali = import_dali()
+    if config.skip_corrupt:
+        raise UserError(
+            "--skip_corrupt is not supported with --data_backend=dali (DALI's decoders cannot "
+            "skip a record); use --data_backend=tf, or rebuild the dataset with "
+            "`python -m tfconvnets.dataprep --skip_corrupt`"
+        )
+    plan = records.plan_split(config.data_dir, config.data_idx_dir, split, shard_id, num_shards)
+    device = resolve_device(config.dali_device)
+    size = config.image_size
+    pipe = _dali_graph(
+        dali,
+        plan,
+        config,
+        batch_size=batch_size,
+        training=training,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        seed=records.rank_seed(seed, shard_id),
+        device=device,
+        local_rank=local_rank,
+    )
+    dali_dtype = tf.float16 if config.dtype == "float16" else tf.float32
+    on_gpu = device == "gpu" and training
+    with tf.device("/gpu:0" if on_gpu else "/cpu:0"):
+        ds = dali.dali_tf.DALIDataset(
+            pipe,
+            batch_size=batch_size,
+            num_threads=config.num_threads,
+            device_id=local_rank if device == "gpu" else None,
+            output_dtypes=(dali_dtype, tf.int32),
+            output_shapes=((batch_size, size, size, 3), (batch_size,)),
+            # GPU eval: a GPU pipeline feeding a CPU dataset, on purpose (see module doc).
+            fail_on_device_mismatch=device == "cpu" or on_gpu,
+        )
+    if training:
+        steps = train_steps(plan.num_examples, batch_size, num_shards)
+    else:
+        steps = eval_steps(plan.shard_examples, batch_size)
+    logging.info(
+        "DALI %s pipeline: records [%d, %d) of %d (rank %d of %d), %d steps",
+        split,
+        plan.start,
+        plan.end,
+        plan.num_examples,
+        shard_id,
+        num_shards,
+        steps,
+    )
+    if on_gpu:
+        return Pipeline(ds, plan.num_examples, plan.shard_examples, steps)
+
+    def finish(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        labels = records.check_labels(labels, config.num_classes, config.data_dir, split)
+        return tf.cast(images, config.dtype), labels
+
+    if training:
+        ds = ds.map(finish)
+    else:
+        shard_examples = plan.shard_examples
+
+        def mask_padding(step: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor]):
+            images, labels = finish(*batch)
+            position = tf.cast(step, tf.int32) * batch_size + tf.range(batch_size)
+            return images, tf.where(position < shard_examples, labels, -1)
+
+        # DALI's dataset never ends (the reader wraps around): one epoch is `steps` batches.
+        ds = ds.take(steps).enumerate().map(mask_padding)
+    return Pipeline(ds, plan.num_examples, plan.shard_examples, steps)

@@ -1,0 +1,203 @@
+"""The tf.data pipeline: the same records, split and preprocessing as the DALI one, in TF ops.
+
+Train: random resized crop (``sample_distorted_bounding_box`` + ``decode_and_crop_jpeg``, so
+only the crop is decoded) -> resize to S x S -> random horizontal flip -> normalize.
+Eval: decode -> resize the shorter side to S / EVAL_CROP_FRACTION -> center crop S -> normalize.
+Resizes are bilinear with antialiasing, as DALI's default linear resize is.
+
+Each rank reads the record range ``[N*i//n, N*(i+1)//n)`` of the split (the DALI reader's
+split), located through the DALI index files. Training shuffles the rank's files and records
+(buffer of records.SHUFFLE_BUFFER) and repeats, so every epoch covers the range once; random
+ops are stateless and seeded per rank, so a run is reproducible for a given seed.
+
+skip_corrupt: records whose JPEG fails to decode are dropped by ``ignore_errors`` right after
+decoding; tf.data logs a warning for each one. Label errors are checked after that step, so
+they still fail.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from absl import logging
+
+from tfconvnets import constants
+from tfconvnets.data import DataConfig, Pipeline, eval_steps, records, train_steps
+from tfconvnets.errors import UserError
+
+_READ_BUFFER_BYTES = 8 << 20
+
+
+def eval_resize_size(image_size: int) -> int:
+    """Shorter side before the eval center crop (256 for 224)."""
+    return int(round(image_size / constants.EVAL_CROP_FRACTION))
+
+
+def _normalize(image: tf.Tensor, dtype: str) -> tf.Tensor:
+    mean = tf.constant(constants.IMAGENET_MEAN_RGB, tf.float32)
+    std = tf.constant(constants.IMAGENET_STD_RGB, tf.float32)
+    return tf.cast((image - mean) / std, dtype)
+
+
+def _parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    parsed = tf.io.parse_single_example(serialized, records.tf_feature_spec())
+    return parsed[records.ENCODED], parsed[records.LABEL]
+
+
+def preprocess_train(
+    serialized: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    image_size: int,
+    crop_area_min: float,
+    random_flip: bool,
+    dtype: str,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    encoded, label = _parse(serialized)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.io.extract_jpeg_shape(encoded),
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+        seed=crop_seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(crop_area_min, 1.0),
+        max_attempts=10,  # DALI's num_attempts default; the whole image if all fail
+        use_image_if_no_bounding_boxes=True,
+    )
+    top, left, _ = tf.unstack(begin)
+    height, width, _ = tf.unstack(size)
+    image = tf.image.decode_and_crop_jpeg(encoded, [top, left, height, width], channels=3)
+    image = tf.image.resize(image, [image_size, image_size], antialias=True)
+    if random_flip:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return _normalize(image, dtype), label - 1
+
+
+def eval_transform(image: tf.Tensor, *, image_size: int, dtype: str) -> tf.Tensor:
+    """Decoded [H, W, 3] image -> shorter side S / EVAL_CROP_FRACTION, center crop, normalize."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = eval_resize_size(image_size) / tf.reduce_min(shape)
+    new_shape = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), image_size)
+    image = tf.image.resize(image, new_shape, antialias=True)
+    # Odd margins round the offset up, as DALI's crop (crop_pos 0.5, rounding "round") does.
+    top = (new_shape[0] - image_size + 1) // 2
+    left = (new_shape[1] - image_size + 1) // 2
+    image = image[top : top + image_size, left : left + image_size]
+    image = tf.ensure_shape(image, [image_size, image_size, 3])
+    return _normalize(image, dtype)
+
+
+def preprocess_eval(
+    serialized: tf.Tensor, *, image_size: int, dtype: str
+) -> tuple[tf.Tensor, tf.Tensor]:
+    encoded, label = _parse(serialized)
+    image = tf.io.decode_jpeg(encoded, channels=3)
+    return eval_transform(image, image_size=image_size, dtype=dtype), label - 1
+
+
+def load_eval_image(path: str, image_size: int, dtype: str = "float32") -> tf.Tensor:
+    """One image file (JPEG, PNG, BMP, GIF) preprocessed as for evaluation: [S, S, 3]."""
+    try:
+        encoded = tf.io.read_file(path)
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+        raise UserError(f"{path}: not a readable image ({e.message.splitlines()[0]})") from None
+    return eval_transform(image, image_size=image_size, dtype=dtype)
+
+
+def _read_records(
+    plan: records.SplitPlan, training: bool, seed: int, cycle: int
+) -> tf.data.Dataset:
+    """Serialized records of this rank's range: file segments read with skip/take."""
+    counts = [s.num_records for s in plan.shards]
+    segments = records.file_segments(counts, plan.start, plan.end)
+    paths = [plan.shards[i].shard for i, _, _ in segments]
+    skips = [skip for _, skip, _ in segments]
+    takes = [take for _, _, take in segments]
+    segment_ds = tf.data.Dataset.from_tensor_slices(
+        (paths, tf.constant(skips, tf.int64), tf.constant(takes, tf.int64))
+    )
+
+    def read(path: tf.Tensor, skip: tf.Tensor, take: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES).skip(skip).take(take)
+
+    if not training:
+        return segment_ds.flat_map(read)  # in order
+    segment_ds = segment_ds.shuffle(len(segments), seed=seed, reshuffle_each_iteration=True)
+    return segment_ds.interleave(
+        read,
+        cycle_length=max(1, min(cycle, len(segments))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def build(
+    config: DataConfig,
+    *,
+    split: str,
+    batch_size: int,
+    training: bool,
+    shard_id: int,
+    num_shards: int,
+    seed: int,
+) -> Pipeline:
+    plan = records.plan_split(config.data_dir, config.data_idx_dir, split, shard_id, num_shards)
+    rank_seed = records.rank_seed(seed, shard_id)
+    size = config.image_size
+
+    def finish(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return image, records.check_labels(label, config.num_classes, config.data_dir, split)
+
+    raw = _read_records(plan, training, rank_seed, config.num_threads)
+    if training:
+        raw = raw.shuffle(records.SHUFFLE_BUFFER, seed=rank_seed, reshuffle_each_iteration=True)
+        # One [2] seed per record for the stateless random ops.
+        seeds = tf.data.Dataset.random(seed=rank_seed).batch(2)
+        ds = tf.data.Dataset.zip((raw.repeat(), seeds)).map(
+            lambda serialized, s: preprocess_train(
+                serialized,
+                s,
+                image_size=size,
+                crop_area_min=config.crop_area_min,
+                random_flip=config.random_flip,
+                dtype=config.dtype,
+            ),
+            num_parallel_calls=config.num_threads,
+            deterministic=False,
+        )
+        if config.skip_corrupt:
+            ds = ds.ignore_errors(log_warning=True)
+        ds = ds.batch(batch_size, drop_remainder=True).map(finish)
+        steps = train_steps(plan.num_examples, batch_size, num_shards)
+    else:
+        ds = raw.map(
+            lambda serialized: preprocess_eval(serialized, image_size=size, dtype=config.dtype),
+            num_parallel_calls=config.num_threads,
+            deterministic=True,
+        )
+        if config.skip_corrupt:
+            ds = ds.ignore_errors(log_warning=True)
+        steps = eval_steps(plan.shard_examples, batch_size)
+        # Pad with zero images labelled -1 up to `steps` full batches; the padding is unbounded
+        # so that records skipped under skip_corrupt are made up for too.
+        padding = tf.data.Dataset.from_tensors(
+            (tf.zeros([size, size, 3], config.dtype), tf.constant(-1, tf.int32))
+        ).repeat()
+        ds = ds.map(finish).concatenate(padding)
+        ds = ds.batch(batch_size, drop_remainder=True).take(steps)
+    options = tf.data.Options()
+    # The same thread budget as DALI's num_threads (also keeps ranks on one host apart).
+    options.threading.private_threadpool_size = config.num_threads
+    ds = ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+    logging.info(
+        "tf.data %s pipeline: records [%d, %d) of %d (rank %d of %d), %d steps",
+        split,
+        plan.start,
+        plan.end,
+        plan.num_examples,
+        shard_id,
+        num_shards,
+        steps,
+    )
+    return Pipeline(ds, plan.num_examples, plan.shard_examples, steps)
