@@ -34,6 +34,10 @@ class CorruptCheckpoint(Exception):
     pass
 
 
+class NonFiniteState(Exception):
+    """The state holds inf or NaN: saving it would push good checkpoints out for a bad one."""
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -72,6 +76,14 @@ def write_checkpoint(
         arrays |= {
             f"optimizer/{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer_variables)
         }
+        variables = [*model_variables, *optimizer_variables]
+        bad = [
+            v.path
+            for v, a in zip(variables, arrays.values(), strict=True)
+            if not np.isfinite(a).all()
+        ]
+        if bad:
+            raise NonFiniteState(f"{len(bad)} variable(s) hold inf/NaN, e.g. {', '.join(bad[:3])}")
         with open(tmp / ARRAYS_FILE, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -93,6 +105,9 @@ def write_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(directory)
+    except NonFiniteState:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         reason = "no space left on device" if e.errno == errno.ENOSPC else e.strerror or str(e)

@@ -185,5 +185,5 @@ def _validate(c: RunConfig) -> None:
         _require(
             os.path.isdir(c.finetune_checkpoint),
             "finetune_checkpoint",
-            f"{c.finetune_checkpoint} is not a checkpoint directory",
+            f"{c.finetune_checkpoint} is not a directory (a checkpoint, or one holding ckpt-* checkpoints)",
         )

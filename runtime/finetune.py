@@ -20,6 +20,13 @@ from tfconvnets.errors import UserError
 
 CLASSIFIER = "classifier"
 FLAG = "--finetune_checkpoint"
+# Random-number state of a dropout layer, not a learned weight: present on one side only when
+# one run used --dropout and the other did not.
+RNG_STATE = "seed_generator_state"
+
+
+def _is_rng_state(path: str) -> bool:
+    return path.rsplit("/", 1)[-1] == RNG_STATE
 
 
 def resolve_checkpoint(
@@ -64,7 +71,8 @@ def load_pretrained(model: keras.Model, checkpoint_path: str | os.PathLike) -> P
     assignments, reinitialized, missing = [], [], []
     for v in model.variables:
         if v.path not in saved:
-            missing.append(v.path)
+            if not _is_rng_state(v.path):
+                missing.append(v.path)
             continue
         i, shape = saved.pop(v.path)
         if list(shape) != list(v.shape):
@@ -76,7 +84,7 @@ def load_pretrained(model: keras.Model, checkpoint_path: str | os.PathLike) -> P
                 f"{tuple(v.shape)} here (another arch?)"
             )
         assignments.append((v, arrays[f"model/{i:05d}"]))
-    leftover = [p for p in saved if not p.startswith(f"{CLASSIFIER}/")]
+    leftover = [p for p in saved if not p.startswith(f"{CLASSIFIER}/") and not _is_rng_state(p)]
     if missing or leftover:
         raise UserError(
             f"{FLAG} {path} does not match the model: "

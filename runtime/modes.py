@@ -46,8 +46,11 @@ def run(config: RunConfig) -> None:
     config = dataclasses.replace(config, xla=xla, uses_gpu=uses_gpu)
     keras.mixed_precision.set_dtype_policy(config.dtype_policy)
     keras.utils.set_random_seed(config.seed)
-    if dist.is_chief and config.results_dir:
-        _check_writable(config.results_dir, "results_dir")
+    if dist.is_chief:
+        if config.mode in TRAINING_MODES:  # before results_dir, which defaults to it
+            _check_writable(config.model_dir, "model_dir")
+        if config.results_dir:
+            _check_writable(config.results_dir, "results_dir")
     training = config.mode in TRAINING_MODES
     reporter = Reporter(
         enabled=dist.is_chief,
@@ -174,9 +177,13 @@ def _explain_data_error(error: tf.errors.OpError, config: RunConfig) -> Exceptio
 
 def train(ctx: Context) -> Results:
     config = ctx.config
-    if ctx.dist.is_chief:
-        _check_writable(config.model_dir, "model_dir")
     train_data = pipeline(ctx, "train", training=True)
+    if train_data.shard_examples < config.batch_size:
+        raise UserError(
+            f"--batch_size={config.batch_size} is larger than this rank's share of the train split "
+            f"({train_data.shard_examples} of {train_data.num_examples} records over "
+            f"{ctx.dist.size} rank(s)): no full batch could ever be formed"
+        )
     eval_data = (
         pipeline(ctx, "validation", training=False) if config.mode == "train_and_evaluate" else None
     )

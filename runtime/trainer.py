@@ -166,6 +166,7 @@ class Trainer:
         self._last_checkpoint: Path | None = None
         self._last_eval: dict = {}
         self._last_eval_step = -1
+        self._last_saved_step = -1
 
     # --- state ---------------------------------------------------------------------------
 
@@ -220,17 +221,24 @@ class Trainer:
         self.dist.average_variables(self.model.non_trainable_variables, name="bn_statistics")
 
     def save_checkpoint(self, step: int) -> None:
+        if step == self._last_saved_step:
+            return
+        self._last_saved_step = step
         self.sync_batch_norm_statistics()
         if not self.dist.is_chief or self.model_dir is None:
             return
         model_vars, optimizer_vars = self._state_variables()
-        path = checkpoints.write_checkpoint(
-            self.model_dir,
-            step,
-            model_vars,
-            optimizer_vars,
-            {**self.checkpoint_meta, "epoch": step / self.schedule.steps_per_epoch},
-        )
+        metadata = {**self.checkpoint_meta, "epoch": step / self.schedule.steps_per_epoch}
+        try:
+            path = checkpoints.write_checkpoint(
+                self.model_dir, step, model_vars, optimizer_vars, metadata
+            )
+        except checkpoints.NonFiniteState as e:
+            raise TrainingStopped(
+                f"weights became non-finite by step {step} ({e}); not saved; last good "
+                f"checkpoint: {self._last_checkpoint or 'none yet'}",
+                exit_code=NONFINITE_EXIT_CODE,
+            ) from None
         checkpoints.prune_checkpoints(self.model_dir, self.config.keep_checkpoints)
         self._last_checkpoint = path
         logging.info("saved checkpoint %s", path)

@@ -1,0 +1,384 @@
+"""Faults provoked for real: signals, killed workers, corrupt files, a full disk, NaNs, bad data.
+
+Each test here backs one row of the README's fault table.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import checkpoints
+from tests.launch import HOROVODRUN, REPO_ROOT, run, subprocess_env
+
+SYNTHETIC_TRAIN = [
+    "--arch=resnet50", "--image_size=32", "--num_classes=10", "--batch_size=4",
+    "--data_backend=synthetic", "--mode=train", "--noprogress_bar", "--iter_unit=batch",
+    "--warmup_steps=0", "--lr_warmup_epochs=0", "--seed=3",
+]  # fmt: skip
+
+
+def main_py(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    return run([sys.executable, "main.py", *args], check=check)
+
+
+def horovod_cmd(args: list[str]) -> list[str]:
+    return [
+        str(HOROVODRUN),
+        "-np",
+        "2",
+        "-H",
+        "localhost:2",
+        "--gloo",
+        sys.executable,
+        "main.py",
+        *args,
+    ]
+
+
+def start(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def wait_for_step(
+    proc: subprocess.Popen, minimum: int, lines: list[str], timeout: float = 300
+) -> int:
+    """Reads the job's output until rank 0 logs a step >= minimum; returns that step."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError("job ended early:\n" + "".join(lines[-40:]))
+        lines.append(line)
+        if (m := re.search(r"step (\d+): loss", line)) and int(m.group(1)) >= minimum:
+            return int(m.group(1))
+    raise AssertionError("no progress:\n" + "".join(lines[-40:]))
+
+
+def worker_pids(proc: subprocess.Popen) -> list[int]:
+    """The Python training processes under horovodrun (not the shells that wrap them)."""
+    import psutil
+
+    return [
+        p.pid
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        if p.cmdline()[:2] == [sys.executable, "main.py"]
+    ]
+
+
+def final_arrays(model_dir: Path) -> tuple[dict, dict]:
+    found = checkpoints.latest_valid_checkpoint(model_dir)
+    assert found is not None
+    return found[1], found[2]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_checkpoints_and_resumes_to_the_same_weights(tmp_path):
+    args = [*SYNTHETIC_TRAIN, "--num_iter=24", "--display_every=2", "--checkpoint_every=1000"]
+    reference = tmp_path / "uninterrupted"
+    subprocess.run(
+        horovod_cmd([*args, f"--model_dir={reference}"]),
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+
+    interrupted = tmp_path / "interrupted"
+    cmd = horovod_cmd([*args, f"--model_dir={interrupted}"])
+    proc, lines = start(cmd), []
+    wait_for_step(proc, random.Random().randint(2, 14), lines)
+    os.kill(random.choice(worker_pids(proc)), signal.SIGTERM)
+    output = "".join(lines) + proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0
+    stopped_at = int(re.search(r"preempted by a signal at step (\d+)", output).group(1))
+    assert 2 <= stopped_at < 24
+    assert checkpoints.list_checkpoints(interrupted)[0].name == f"ckpt-{stopped_at:09d}"
+
+    resumed = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resumed at step {stopped_at}" in resumed.stdout + resumed.stderr
+
+    meta_a, arrays_a = final_arrays(reference)
+    meta_b, arrays_b = final_arrays(interrupted)
+    assert meta_a["step"] == meta_b["step"] == 24
+    trainable = {
+        i for i, (path, _) in enumerate(meta_a["model_variables"]) if "moving_" not in path
+    }
+    for i in range(len(meta_a["model_variables"])):
+        a, b = arrays_a[f"model/{i:05d}"], arrays_b[f"model/{i:05d}"]
+        if i in trainable:
+            # The CPU path is deterministic (synthetic data, one thread per rank): bit-equal.
+            np.testing.assert_array_equal(a, b, err_msg=meta_a["model_variables"][i][0])
+        else:
+            # BN moving statistics are averaged over ranks at every save, and the interrupted
+            # run saved once more: equal up to float rounding of that linear average.
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for i in range(len(meta_a["optimizer_variables"])):
+        np.testing.assert_array_equal(
+            arrays_a[f"optimizer/{i:05d}"], arrays_b[f"optimizer/{i:05d}"]
+        )
+
+
+def test_sigint_to_a_single_process_exits_75_with_a_checkpoint(tmp_path):
+    proc = start(
+        [
+            sys.executable,
+            "main.py",
+            *SYNTHETIC_TRAIN,
+            "--num_iter=200",
+            "--display_every=1",
+            f"--model_dir={tmp_path}",
+        ]
+    )
+    lines: list[str] = []
+    wait_for_step(proc, 2, lines)
+    proc.send_signal(signal.SIGINT)
+    output = "".join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 75, output[-2000:]
+    step = int(re.search(r"preempted by a signal at step (\d+)", output).group(1))
+    assert checkpoints.list_checkpoints(tmp_path)[0].name == f"ckpt-{step:09d}"
+
+
+@pytest.mark.slow
+def test_a_killed_worker_ends_the_job_quickly(tmp_path):
+    proc = start(
+        horovod_cmd(
+            [*SYNTHETIC_TRAIN, "--num_iter=100000", "--display_every=1", f"--model_dir={tmp_path}"]
+        )
+    )
+    lines: list[str] = []
+    wait_for_step(proc, 2, lines)
+    killed_at = time.time()
+    os.kill(worker_pids(proc)[-1], signal.SIGKILL)
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the job hung for 60 s after a worker was killed")
+    assert proc.returncode != 0
+    assert time.time() - killed_at < 60
+
+
+def test_corrupt_latest_checkpoint_is_skipped_and_a_crashed_write_is_ignored(tmp_path):
+    first = main_py(
+        *SYNTHETIC_TRAIN,
+        "--num_iter=4",
+        "--checkpoint_every=2",
+        "--display_every=2",
+        f"--model_dir={tmp_path}",
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    latest = checkpoints.list_checkpoints(tmp_path)[0]
+    assert latest.name == "ckpt-000000004"
+    with open(latest / checkpoints.ARRAYS_FILE, "r+b") as f:  # truncate it, as a crash would
+        f.truncate(f.seek(0, os.SEEK_END) // 2)
+    (tmp_path / ".tmp-ckpt-000000005-123").mkdir()  # what a crash mid-write leaves behind
+    again = main_py(
+        *SYNTHETIC_TRAIN,
+        "--num_iter=6",
+        "--checkpoint_every=2",
+        "--display_every=2",
+        f"--model_dir={tmp_path}",
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "skipping corrupt checkpoint" in again.stderr and "checksum mismatch" in again.stderr
+    assert "resumed at step 2" in again.stderr
+    assert checkpoints.latest_valid_checkpoint(tmp_path)[1]["step"] == 6
+
+
+def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+    model_dir = tmp_path / "small_disk"
+    model_dir.mkdir()
+    # One checkpoint of this model is ~190 MB (weights + momentum); 300 MB holds one, not two.
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(model_dir)]
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        out = main_py(
+            *SYNTHETIC_TRAIN,
+            "--num_iter=4",
+            "--checkpoint_every=2",
+            "--display_every=2",
+            "--notensorboard",
+            f"--model_dir={model_dir}",
+        )
+        assert out.returncode == 2
+        assert re.search(
+            r"error: could not write checkpoint \S+ckpt-000000004: no space left on device",
+            out.stderr,
+        )
+        assert "Traceback" not in out.stderr
+        assert [p.name for p in checkpoints.list_checkpoints(model_dir)] == ["ckpt-000000002"]
+        assert checkpoints.latest_valid_checkpoint(model_dir) is not None
+        assert not list(model_dir.glob(".tmp-*"))
+    finally:
+        subprocess.run(["umount", str(model_dir)])
+
+
+def test_diverging_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path):
+    out = main_py(
+        *SYNTHETIC_TRAIN,
+        "--num_iter=50",
+        "--lr_init=1e9",
+        "--checkpoint_every=1",
+        "--display_every=1",
+        f"--model_dir={tmp_path}",
+    )
+    assert out.returncode == 65, out.stderr[-3000:]
+    assert re.search(r"(loss|weights) became non-finite (at|by) step \d+", out.stderr)
+    for path in checkpoints.list_checkpoints(tmp_path):
+        _, arrays = checkpoints.read_checkpoint(path)
+        assert all(np.isfinite(a).all() for a in arrays.values()), path
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_a_nan_batch_is_skipped_and_lowers_the_loss_scale(policy):
+    """A NaN in the input makes the gradients non-finite: the step must leave the weights alone."""
+    import keras
+    import tensorflow as tf
+
+    from runtime.distributed import Distributed
+    from runtime.steps import TrainStep
+    from tfconvnets.models import create_model
+    from tfconvnets.training import make_optimizer
+
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        model = create_model("resnet50", 10, input_shape=(32, 32, 3), seed=0)
+        optimizer = make_optimizer(0.1, momentum=0.875, loss_scaling=policy == "mixed_float16")
+        optimizer.build(model.trainable_variables)
+        step = TrainStep(model, optimizer, Distributed(0, 1, 0, 1), num_classes=10, weight_decay=0.0,
+                         label_smoothing=0.0, mixup_alpha=0.0, xla=False, fp16_allreduce=False, seed=0)  # fmt: skip
+        images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+        labels = tf.constant([1, 2, 3, 4])
+        step(tf.constant(images), labels, tf.constant(0, tf.int64))
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        scale_before = float(optimizer.dynamic_scale.numpy()) if policy == "mixed_float16" else None
+        images[0, 0, 0, 0] = np.nan
+        loss = step(tf.constant(images), labels, tf.constant(1, tf.int64))
+        assert not np.isfinite(loss.numpy())
+        for a, v in zip(before, model.trainable_variables, strict=True):
+            np.testing.assert_array_equal(a, v.numpy())
+        assert (
+            int(step.nonfinite_streak.numpy()) == 1 and int(step.first_nonfinite_step.numpy()) == 1
+        )
+        if scale_before is not None:
+            assert float(optimizer.dynamic_scale.numpy()) == scale_before / 2
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+@pytest.fixture
+def corrupt_record_dir(digits_tfrecords, tmp_path) -> Path:
+    """A copy of the digits set whose first validation shard holds one undecodable JPEG."""
+    import tensorflow as tf
+
+    from tfconvnets.data import records
+
+    out = tmp_path / "corrupt"
+    shutil.copytree(digits_tfrecords, out)
+    shard = sorted(out.glob("validation-*"))[0]
+    examples = list(tf.data.TFRecordDataset(str(shard)).as_numpy_iterator())
+    broken = tf.train.Example.FromString(examples[3])
+    broken.features.feature[records.ENCODED].bytes_list.value[0] = b"\xff\xd8 not a jpeg"
+    broken.features.feature["image/filename"].bytes_list.value[0] = b"broken.JPEG"
+    examples[3] = broken.SerializeToString()
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for e in examples:
+            writer.write(e)
+    shutil.rmtree(out / "idx", ignore_errors=True)  # the indexes no longer match
+    return out
+
+
+DIGITS = [
+    "--arch=resnet50",
+    "--image_size=32",
+    "--num_classes=10",
+    "--batch_size=8",
+    "--noprogress_bar",
+]
+
+
+def test_a_corrupt_jpeg_is_named(corrupt_record_dir, tmp_path):
+    trained = main_py(
+        *DIGITS,
+        "--mode=train",
+        "--data_backend=synthetic",
+        f"--model_dir={tmp_path}",
+        "--num_iter=1",
+        "--iter_unit=batch",
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    out = main_py(
+        *DIGITS,
+        "--mode=evaluate",
+        f"--data_dir={corrupt_record_dir}",
+        "--data_backend=tf",
+        f"--model_dir={tmp_path}",
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert re.search(
+        r"error: undecodable records in \S+: validation-00000-of-00002:3 \(broken\.JPEG\)",
+        out.stderr,
+    )
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--num_classes=5"], r"label outside 1\.\.5"),
+        (["--batch_size=2000"], r"--batch_size=2000 is larger than this rank's share"),
+        (["--model_dir=/etc/hostname/model"], r"--model_dir /etc/hostname/model is not writable"),
+    ],
+)
+def test_bad_data_and_configuration_fail_before_training(
+    digits_tfrecords, tmp_path, extra, expected
+):
+    args = [*DIGITS, "--mode=train", f"--data_dir={digits_tfrecords}", "--data_backend=tf",
+            f"--model_dir={tmp_path / 'model'}", "--num_iter=2", "--iter_unit=batch", *extra]  # fmt: skip
+    out = main_py(*args)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert re.search(expected, out.stderr), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert not re.search(r"step \d+: loss", out.stderr)
+
+
+def test_missing_shards_and_empty_data_dir(tmp_path):
+    out = main_py(
+        *DIGITS,
+        "--mode=train",
+        f"--data_dir={tmp_path}",
+        "--data_backend=tf",
+        f"--model_dir={tmp_path / 'm'}",
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert str(tmp_path) in out.stderr
+
+
+def test_incompatible_checkpoint_is_refused(tmp_path):
+    first = main_py(*SYNTHETIC_TRAIN, "--num_iter=1", f"--model_dir={tmp_path}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    args = [a for a in SYNTHETIC_TRAIN if not a.startswith("--num_classes")]
+    out = main_py(*args, "--num_classes=7", "--num_iter=2", f"--model_dir={tmp_path}")
+    assert out.returncode == 2
+    assert "num_classes=10" in out.stderr and "num_classes=7" in out.stderr
+    assert "Traceback" not in out.stderr
