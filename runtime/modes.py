@@ -86,9 +86,9 @@ def build_model(config: RunConfig) -> keras.Model:
     )
 
 
-def data_config(config: RunConfig, backend: str | None = None) -> DataConfig:
+def data_config(config: RunConfig) -> DataConfig:
     return DataConfig(
-        backend=backend or config.data_backend,
+        backend=config.data_backend,
         data_dir=config.data_dir,
         data_idx_dir=config.data_idx_dir,
         image_size=config.image_size,

@@ -221,3 +221,41 @@ def test_bad_flags_get_one_line_errors(args, expected):
     assert proc.returncode != 0
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [["--amp", "--amp_dtype=float16"], ["--amp", "--amp_dtype=bfloat16"], ["--mixup=0.2"]],
+    ids=["amp-float16", "amp-bfloat16", "mixup"],
+)
+def test_training_runs_under_mixed_precision_and_mixup(recipe, tmp_path):
+    out = main_py(
+        *SMALL, "--mode=train", "--data_backend=synthetic", f"--model_dir={tmp_path}",
+        "--num_iter=3", "--iter_unit=batch", "--display_every=1", "--warmup_steps=0", *recipe,
+    )  # fmt: skip
+    losses = [r["data"]["loss"] for r in read_log(tmp_path / "log.json") if "loss" in r["data"]]
+    assert len(losses) == 3 and all(np.isfinite(losses)), out.stderr[-2000:]
+    params = next(r["data"] for r in read_log(tmp_path / "log.json") if r["step"] == "PARAMETER")
+    for flag in recipe:
+        name, _, value = flag.lstrip("-").partition("=")
+        assert str(params[name]) == (value or "True")
+    if "--amp_dtype=float16" in recipe:  # the loss scale is part of the saved optimizer state
+        meta = checkpoints.latest_valid_checkpoint(tmp_path)[1]
+        assert any("scale" in path for path, _ in meta["optimizer_variables"])
+
+
+def test_mixup_mixes_images_and_labels_with_one_lambda():
+    import tensorflow as tf
+
+    from tfconvnets.training import mixup
+
+    images = tf.constant(
+        np.arange(4, dtype=np.float32).reshape(4, 1, 1, 1) * np.ones((4, 2, 2, 3), np.float32)
+    )
+    labels = tf.one_hot([0, 1, 2, 3], 4)
+    mixed_images, mixed_labels = mixup(images, labels, 0.2, tf.constant([1, 2], tf.int64))
+    lam = float(mixed_labels[0, 0])
+    assert 0.0 <= lam <= 1.0
+    np.testing.assert_allclose(mixed_labels.numpy().sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(mixed_images[0].numpy(), lam * 0 + (1 - lam) * 3, rtol=1e-5)
+    np.testing.assert_allclose(mixed_labels[0, 3].numpy(), 1 - lam, rtol=1e-6)
