@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from runtime.steps import inference_function
 from tfconvnets.constants import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
@@ -30,27 +32,28 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int, 
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1)}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    shape = [None, image_size, image_size, 3]
-    archive.add_endpoint(
-        "serving_default", serve, input_signature=[tf.TensorSpec(shape, tf.float32, name="images")]
-    )
-    archive.add_endpoint(
-        "serving_uint8", serve, input_signature=[tf.TensorSpec(shape, tf.uint8, name="images")]
-    )
-
     final = Path(export_dir)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tf_logger = tf.get_logger()
-    level = tf_logger.level
-    tf_logger.setLevel("WARNING")  # signature serialization logs every input name at INFO
-    try:
+    shape = [None, image_size, image_size, 3]
+    with _quiet_absl_info():  # TF logs every captured variable of the signatures at INFO
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        for name, dtype in (("serving_default", tf.float32), ("serving_uint8", tf.uint8)):
+            spec = tf.TensorSpec(shape, dtype, name="images")
+            archive.add_endpoint(name, serve, input_signature=[spec])
         archive.write_out(str(tmp), verbose=False)
-    finally:
-        tf_logger.setLevel(level)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return str(final)
+
+
+@contextlib.contextmanager
+def _quiet_absl_info():
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
