@@ -11,14 +11,13 @@ threads, image size and batch size, one after the other in this process, and pri
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import print_table, write_json  # noqa: E402
 from tfconvnets.data import DataConfig  # noqa: E402
 from tfconvnets.data.benchmark import run_data_benchmark  # noqa: E402
 from tfconvnets.data.sample_images import write_sample_jpeg_folder  # noqa: E402
@@ -77,34 +76,37 @@ def main() -> None:
                 )
             )
 
-    header = (
-        f"{'backend':<10} {'split':<11} {'images':>7} {'images/s':>9} {'/thread':>8} {'/CPU-s':>7}"
-    )
-    print(
-        f"\n{args.image_size}px, batch {args.batch_size}, {args.num_threads} threads, "
-        f"{os.cpu_count()} cores visible\n{header}\n{'-' * len(header)}"
-    )
+    rows = []
     for result in results:
         name = result["backend"] + ("-cpu" if result["backend"] == "dali" else "")
         for split in ("train", "validation"):
             r = result[split]
-            print(
-                f"{name:<10} {split:<11} {r['images']:>7} {r['images_per_sec']:>9.1f} "
-                f"{r['images_per_sec'] / args.num_threads:>8.1f} {r['images_per_cpu_sec']:>7.1f}"
-            )
-    if args.output_json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
-        with open(args.output_json, "w") as f:
-            json.dump(
+            rows.append(
                 {
-                    "args": vars(args),
-                    "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-                    "results": results,
-                },
-                f,
-                indent=2,
+                    "backend": name,
+                    "split": split,
+                    "images": r["images"],
+                    "ips": r["images_per_sec"],
+                    "per_thread": r["images_per_sec"] / args.num_threads,
+                    "per_cpu_s": r["images_per_cpu_sec"],
+                }
             )
-        print(f"\nWrote {args.output_json}")
+    print_table(
+        rows,
+        [
+            ("backend", "backend", "<10"),
+            ("split", "split", "<11"),
+            ("images", "images", ">7d"),
+            ("ips", "images/s", ">9.1f"),
+            ("per_thread", "/thread", ">8.1f"),
+            ("per_cpu_s", "/CPU-s", ">7.1f"),
+        ],
+        title=(
+            f"{args.image_size}px, batch {args.batch_size}, {args.num_threads} threads, "
+            f"{os.cpu_count()} cores visible"
+        ),
+    )
+    write_json(args.output_json, args, results)
 
 
 if __name__ == "__main__":
