@@ -262,6 +262,8 @@ class Trainer:
         data = iter(self.train_data.dataset)
         step = start_step
         clock = ThroughputClock(warmup_steps=config.warmup_steps, start_step=start_step)
+        if config.warmup_steps == 0:
+            clock.start(step)
         loss = None
         try:
             while step < end_step:

@@ -190,9 +190,10 @@ def test_101_layer_archs_train_on_cpu(arch, tmp_path):
     ]  # fmt: skip
     out = main_py(*args)
     found = checkpoints.latest_valid_checkpoint(tmp_path)
-    assert found is not None and found[1]["step"] == 2 and found[1]["arch"] == arch, out.stderr[
-        -2000:
-    ]
+    assert found is not None, out.stderr[-2000:]
+    assert found[1]["step"] == 2 and found[1]["arch"] == arch
+    # With --warmup_steps=0 the throughput clock starts with the first step.
+    assert re.search(r"train_throughput=\d+\.\d+", out.stdout), out.stdout
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,10 @@ Grouped convolutions (``grouped_conv``):
 - ``"native"`` (default): ``keras.layers.Conv2D(groups=32)``, one fused op, the fast path
   on GPUs and under XLA. The runtime uses it whenever a GPU is present or XLA is on.
 - ``"split"``: :class:`~tfconvnets.models.layers.SplitGroupedConv2D`, 32 plain convolutions
-  concatenated. TensorFlow's CPU kernels refuse grouped convolutions without XLA, and XLA
-  is slower than plain TF on a CPU (measured), so the runtime picks this on a CPU-only host
-  with XLA off (its CPU default). It holds the same ``kernel`` variable
+  concatenated. On a CPU, TF 2.21 runs the fused grouped convolution about 10x slower than
+  this, with or without XLA, and XLA is slower than plain TF there (both measured in
+  docs/performance.md), so the runtime picks this on a CPU-only host with XLA off (its CPU
+  default). It holds the same ``kernel`` variable
   (same name and shape), so weights are interchangeable with ``"native"``.
 
 Data formats: ``"channels_last"`` (NHWC) is the default and the fast one. With

@@ -1,0 +1,122 @@
+"""One Horovod rank of benchmarks/allreduce.py (launched by it with horovodrun; not run alone).
+
+Times, alternating in rounds so drift cancels: the product's gradient averaging
+(Distributed.average_gradients = one hvd.grouped_allreduce, fp32 and fp16-compressed) of
+tensors shaped like resnet50's trainable variables; the product's TrainStep without the
+allreduce (compute only: loss, grads, SGD apply); and the full TrainStep (compute + allreduce).
+Rank 0 writes the results as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import quiet_tensorflow  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--image_size", type=int, default=112)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--allreduce_reps", type=int, default=5, help="per round and kind")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per round and kind")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--result_file", required=True)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    quiet_tensorflow()
+    import horovod.tensorflow as hvd
+    import numpy as np
+    import tensorflow as tf
+
+    from runtime.distributed import Distributed, configure_devices
+    from runtime.steps import TrainStep
+    from tfconvnets.models import create_model
+    from tfconvnets.training import make_optimizer
+
+    dist = Distributed.init()
+    configure_devices(dist)  # the product's split of the cores between local ranks
+    local = Distributed(rank=dist.rank, size=1, local_rank=0, local_size=1)  # no allreduce
+    size = args.image_size
+
+    def make_step(d: Distributed) -> TrainStep:
+        model = create_model(args.arch, 1000, input_shape=(size, size, 3), seed=0)
+        optimizer = make_optimizer(0.1, momentum=0.875, loss_scaling=False)
+        optimizer.build(model.trainable_variables)
+        return TrainStep(
+            model, optimizer, d, num_classes=1000, weight_decay=3.0517578125e-05,
+            label_smoothing=0.1, mixup_alpha=0.0, xla=False, fp16_allreduce=False, seed=0,
+        )  # fmt: skip
+
+    compute_step, full_step = make_step(local), make_step(dist)
+    shapes = [tuple(v.shape) for v in compute_step._model.trainable_variables]
+    grads = [tf.random.normal(s, seed=i) for i, s in enumerate(shapes)]
+    num_floats = int(sum(np.prod(s) for s in shapes))
+    average = {
+        "allreduce_fp32": tf.function(lambda g: dist.average_gradients(g, False)),
+        "allreduce_fp16": tf.function(lambda g: dist.average_gradients(g, True)),
+    }
+    images = tf.random.normal([args.batch_size, size, size, 3], seed=dist.rank)
+    labels = tf.random.uniform([args.batch_size], 0, 1000, dtype=tf.int32, seed=dist.rank)
+
+    def barrier() -> None:
+        dist.sum(tf.constant(0), name="barrier").numpy()
+
+    def time_allreduce(kind: str) -> list[float]:
+        times = []
+        for _ in range(args.allreduce_reps):
+            barrier()
+            start = time.perf_counter()
+            out = average[kind](grads)
+            out[-1].numpy()
+            times.append(time.perf_counter() - start)
+        return times
+
+    def time_steps(step: TrainStep) -> list[float]:
+        times = []
+        for i in range(args.steps):
+            barrier()
+            start = time.perf_counter()
+            step(images, labels, tf.constant(i, tf.int64)).numpy()
+            times.append(time.perf_counter() - start)
+        return times
+
+    kinds = {
+        "allreduce_fp32": lambda: time_allreduce("allreduce_fp32"),
+        "allreduce_fp16": lambda: time_allreduce("allreduce_fp16"),
+        "compute_step": lambda: time_steps(compute_step),
+        "full_step": lambda: time_steps(full_step),
+    }
+    for fn in kinds.values():  # warm-up: traces every function, one call each
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for r in range(args.rounds):
+        for kind in list(kinds) if r % 2 == 0 else list(reversed(kinds)):
+            times[kind].extend(kinds[kind]())
+    all_times = hvd.allgather_object(times, name="times")
+    if dist.is_chief:
+        with open(args.result_file, "w") as f:
+            json.dump(
+                {
+                    "world_size": dist.size,
+                    "num_tensors": len(shapes),
+                    "num_floats": num_floats,
+                    "threads_per_rank": tf.config.threading.get_intra_op_parallelism_threads(),
+                    "times_per_rank": all_times,
+                },
+                f,
+            )
+
+
+if __name__ == "__main__":
+    main()

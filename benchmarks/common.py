@@ -1,0 +1,144 @@
+"""Helpers shared by the benchmark scripts: machine info, tables, JSON output, timing, children.
+
+Every benchmark compares things side by side in one run (the machines are shared, so absolute
+times drift); these helpers keep the scripts short and their output uniform.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_PREFIX = "BENCHMARK_RESULT "  # a child process's one JSON result line starts with this
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "python": platform.python_version(),
+        "date": dt.date.today().isoformat(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def write_json(path: str | None, args: Any, results: Any, **extra: Any) -> None:
+    """Writes {args, machine, results, ...} to `path` (nothing when path is None)."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    payload = {"args": vars(args), "machine": machine_info(), "results": results, **extra}
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    print(f"\nWrote {path}")
+
+
+Column = tuple[str, str, str]  # (key in the row, header, format spec such as ">9.1f")
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], title: str = "") -> None:
+    """A fixed-width table; a missing or None cell prints as '-', a string cell as is.
+
+    A format starting with '<' left-aligns its column; the others are right-aligned.
+    """
+    widths = [max(len(header), _width(fmt)) for _, header, fmt in columns]
+    left = [fmt.startswith("<") for _, _, fmt in columns]
+    header = " ".join(
+        f"{h:<{w}}" if is_left else f"{h:>{w}}"
+        for w, (_, h, _f), is_left in zip(widths, columns, left, strict=True)
+    )
+    if title:
+        print(f"\n{title}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        cells = []
+        for w, (key, _, fmt), is_left in zip(widths, columns, left, strict=True):
+            value = row.get(key)
+            if value is None:
+                text = "-"
+            elif isinstance(value, str):
+                text = value
+            else:
+                text = format(value, fmt.lstrip("<>"))
+            cells.append(f"{text:<{w}}" if is_left else f"{text:>{w}}")
+        print(" ".join(cells))
+
+
+def _width(fmt: str) -> int:
+    digits = "".join(c for c in fmt.lstrip("<>").split(".")[0] if c.isdigit())
+    return int(digits) if digits else 8
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, min, max and relative half-range of repeated measurements."""
+    median = statistics.median(values)
+    return {
+        "median": median,
+        "min": min(values),
+        "max": max(values),
+        "half_range_pct": 50 * (max(values) - min(values)) / median if median else 0.0,
+        "n": len(values),
+    }
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn(), seconds it took)."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    """A child process hands its result to the parent on one stdout line."""
+    print(RESULT_PREFIX + json.dumps(result, default=str), flush=True)
+
+
+def run_child(
+    argv: Sequence[str], *, env: dict[str, str] | None = None, timeout: float | None = None
+) -> dict[str, Any]:
+    """Runs `python argv...` from the repo root; returns the child's emit_result() dict.
+
+    A child that fails or emits nothing gives {"error": last lines of its output}.
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, *argv],
+            cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+    return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+
+
+def quiet_tensorflow() -> None:
+    """Fewer C++ log lines in the benchmark output (set before TensorFlow is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,186 @@
+"""XLA on vs off on the CPU: first-step (compile) time and steady images/s, per arch and dtype.
+
+Each (arch, dtype) runs in its own process (the dtype policy is global; memory is returned),
+which builds the model for each setting - XLA off (ResNeXt with grouped_conv="split", the CPU
+default), XLA on (native grouped conv) and, for ResNeXt, XLA off with native grouped conv
+(shown as unsupported if TensorFlow's CPU kernels refuse it) - and trains each with the
+product's TrainStep on one synthetic batch, alternating the order of the measured rounds so
+drift cancels. Ratios are to the CPU default (XLA off), per round.
+
+    python benchmarks/xla_cpu.py --image_size=64 --batch_size=8 --output_json=results/xla_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import (  # noqa: E402
+    emit_result,
+    print_table,
+    quiet_tensorflow,
+    run_child,
+    write_json,
+)
+
+ARCHS = ("resnet50", "resnext101-32x4d", "se-resnext101-32x4d")
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archs", default=",".join(ARCHS))
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6, help="measured steps per round")
+    parser.add_argument("--warmup_steps", type=int, default=2, help="after the first step")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--child_timeout", type=float, default=1200)
+    parser.add_argument("--output_json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON: one (arch, dtype) to run
+    return parser.parse_args()
+
+
+def child(spec: dict) -> None:
+    """Runs one (arch, dtype): both XLA settings, interleaved, in this process."""
+    quiet_tensorflow()
+    import keras
+    import tensorflow as tf
+
+    from runtime.distributed import Distributed, configure_devices
+    from runtime.steps import TrainStep
+    from tfconvnets.models import create_model
+    from tfconvnets.training import make_optimizer
+
+    dist = Distributed(rank=0, size=1, local_rank=0, local_size=1)
+    configure_devices(dist)
+    keras.mixed_precision.set_dtype_policy(POLICIES[spec["dtype"]])
+    size, batch = spec["image_size"], spec["batch_size"]
+    compute_dtype = keras.mixed_precision.dtype_policy().compute_dtype
+    images = tf.cast(tf.random.normal([batch, size, size, 3], seed=0), compute_dtype)
+    labels = tf.random.uniform([batch], 0, 1000, dtype=tf.int32, seed=0)
+    grouped = spec["arch"] != "resnet50"
+
+    # name -> (xla, grouped_conv); native grouped conv without XLA is tried, not assumed broken.
+    plan = {"off": (False, "split" if grouped else "native"), "on": (True, "native")}
+    if grouped:
+        plan["off-native"] = (False, "native")
+    variants, results = {}, {}
+    for name, (xla, grouped_conv) in plan.items():
+        model = create_model(
+            spec["arch"], 1000, input_shape=(size, size, 3), grouped_conv=grouped_conv, seed=0
+        )
+        optimizer = make_optimizer(0.1, momentum=0.875, loss_scaling=False)
+        optimizer.build(model.trainable_variables)
+        step = TrainStep(
+            model, optimizer, dist, num_classes=1000, weight_decay=3.0517578125e-05,
+            label_smoothing=0.1, mixup_alpha=0.0, xla=xla, fp16_allreduce=False, seed=0,
+        )  # fmt: skip
+        start = time.perf_counter()
+        try:
+            step(images, labels, tf.constant(0, tf.int64)).numpy()
+        except Exception as e:  # TF raises several error types for a missing kernel
+            results[name] = {"unsupported": str(e).strip().splitlines()[0][:160]}
+            continue
+        first = time.perf_counter() - start
+        for i in range(spec["warmup_steps"]):
+            step(images, labels, tf.constant(i + 1, tf.int64)).numpy()
+        variants[name] = step
+        results[name] = {"first_step_s": first, "ips": []}
+
+    for r in range(spec["rounds"]):
+        # Alternating order: a linear drift in machine speed cancels over two rounds.
+        for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
+            step = variants[name]
+            start = time.perf_counter()
+            for i in range(spec["steps"]):
+                loss = step(images, labels, tf.constant(i, tf.int64))
+            loss.numpy()
+            results[name]["ips"].append(spec["steps"] * batch / (time.perf_counter() - start))
+    emit_result(results)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        child(json.loads(args.child))
+        return
+    rows = []
+    for arch in args.archs.split(","):
+        for dtype in args.dtypes.split(","):
+            spec = {
+                "arch": arch,
+                "dtype": dtype,
+                "image_size": args.image_size,
+                "batch_size": args.batch_size,
+                "steps": args.steps,
+                "warmup_steps": args.warmup_steps,
+                "rounds": args.rounds,
+            }
+            print(f"running {arch} {dtype} ...", flush=True)
+            started = time.perf_counter()
+            out = run_child(
+                [os.path.abspath(__file__), "--child", json.dumps(spec)],
+                timeout=args.child_timeout,
+            )
+            print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
+            rows.extend(_rows(arch, dtype, out))
+    print_table(
+        rows,
+        [
+            ("arch", "arch", "<20"),
+            ("dtype", "dtype", "<5"),
+            ("xla", "xla", "<3"),
+            ("grouped_conv", "grouped conv", "<12"),
+            ("first_step_s", "first step s", ">12.1f"),
+            ("ips", "img/s", ">7.2f"),
+            ("speedup", "vs default", ">10.2f"),
+        ],
+        title=(
+            f"training step, {args.image_size}px batch {args.batch_size}, "
+            f"{os.cpu_count()} cores, median of {args.rounds} rounds x {args.steps} steps"
+        ),
+    )
+    for row in rows:
+        if row.get("note"):
+            print(f"  {row['arch']} {row['dtype']} xla={row['xla']}: {row['note']}")
+    write_json(args.output_json, args, rows)
+
+
+def _rows(arch: str, dtype: str, out: dict) -> list[dict]:
+    if "error" in out:
+        return [{"arch": arch, "dtype": dtype, "xla": "?", "ips": "error", "note": out["error"]}]
+    grouped = arch != "resnet50"
+    labels = {"off": ("off", "split" if grouped else "-"), "off-native": ("off", "native"),
+              "on": ("on", "native" if grouped else "-")}  # fmt: skip
+    rows = []
+    for name in ("off", "off-native", "on"):
+        if name not in out:
+            continue
+        xla, grouped_conv = labels[name]
+        row = {"arch": arch, "dtype": dtype, "xla": xla, "grouped_conv": grouped_conv}
+        if "unsupported" in out[name]:
+            rows.append({**row, "ips": "unsupported", "note": out[name]["unsupported"]})
+            continue
+        row |= {
+            "first_step_s": out[name]["first_step_s"],
+            "ips": statistics.median(out[name]["ips"]),
+            "ips_rounds": out[name]["ips"],
+        }
+        if name != "off" and "ips" in out.get("off", {}):
+            # Per-round ratios to XLA off (the CPU default): both measured next to each other.
+            ratios = [a / b for a, b in zip(out[name]["ips"], out["off"]["ips"], strict=True)]
+            row |= {"speedup": statistics.median(ratios), "speedup_rounds": ratios}
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
