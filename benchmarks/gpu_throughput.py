@@ -30,8 +30,9 @@ from benchmarks.common import (  # noqa: E402
     run_child,
     write_json,
 )
+from model_configs import RECIPES  # noqa: E402
 
-ARCHS = ("resnet50", "resnext101-32x4d", "se-resnext101-32x4d")
+ARCHS = tuple(RECIPES)
 POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 GOAL_IPS = 3000  # resnet50, mixed precision, one H100
 JAX_FP16_LOSS_SCALE = 1024.0  # static: the JAX step has no dynamic loss scaling

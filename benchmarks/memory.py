@@ -30,9 +30,10 @@ from benchmarks.common import (  # noqa: E402
     quiet_tensorflow,
     write_json,
 )
+from model_configs import RECIPES  # noqa: E402
 
 GIB = 1024**3
-ARCHS = ("resnet50", "resnext101-32x4d", "se-resnext101-32x4d")
+ARCHS = tuple(RECIPES)
 
 
 def parse_args() -> argparse.Namespace:

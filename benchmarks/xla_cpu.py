@@ -28,8 +28,9 @@ from benchmarks.common import (  # noqa: E402
     run_child,
     write_json,
 )
+from model_configs import RECIPES  # noqa: E402
 
-ARCHS = ("resnet50", "resnext101-32x4d", "se-resnext101-32x4d")
+ARCHS = tuple(RECIPES)
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
 
