@@ -2,13 +2,15 @@
 torchvision's resnet50 (channels_last, AMP, torch.compile) on the same device as a yardstick.
 
 Backend: TensorFlow (the product's TrainStep, XLA on) when TensorFlow sees a GPU; otherwise
-Keras's JAX backend when JAX is importable and sees a GPU (the same pure-Keras model builders,
-a jax.jit train step over model.stateless_call); otherwise TensorFlow on the CPU. Each
-configuration runs in its own process (the dtype policy and the backend are per process).
-Throughput is images / wall time of the measured steps (not a mean of per-step rates).
+Keras's JAX backend when JAX sees a GPU (the same pure-Keras model builders, a jax.jit train
+step over model.stateless_call); otherwise whichever of TensorFlow and JAX imports, on the CPU.
+Each configuration runs in its own process (the dtype policy and the backend are per process).
+Throughput is images / wall time of the measured steps (not a mean of per-step rates); each
+row also reports the last step's loss, so a diverged or NaN run cannot pass as fast.
 
     python benchmarks/gpu_throughput.py --output_json=results/gpu_throughput.json   # a GPU
-    python benchmarks/gpu_throughput.py --smoke   # 32px, batch 2, 2 steps, TF on the CPU
+    python benchmarks/gpu_throughput.py --smoke   # 64px, batch 8, 2 steps, on the CPU
+    python benchmarks/gpu_throughput.py --smoke --backend=jax   # the JAX path on the CPU
 
 Goal on one H100: resnet50 mixed precision >= 3,000 img/s.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -36,7 +39,17 @@ ARCHS = tuple(RECIPES)
 POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 GOAL_IPS = 3000  # resnet50, mixed precision, one H100
 JAX_FP16_LOSS_SCALE = 1024.0  # static: the JAX step has no dynamic loss scaling
-MOMENTUM, LEARNING_RATE, LABEL_SMOOTHING = 0.875, 0.1, 0.1
+
+
+def recipe_hyperparameters(arch: str, batch_size: int) -> dict:
+    """The arch's recipe (model_configs) at this batch: LR scaled per 256 images, no warm-up."""
+    recipe = RECIPES[arch]
+    return {
+        "learning_rate": recipe["lr_init"] * batch_size / 256,
+        "momentum": recipe["momentum"],
+        "label_smoothing": recipe["label_smoothing"],
+        "weight_decay": recipe["weight_decay"],
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,14 +63,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backend", choices=("auto", "tensorflow", "jax"), default="auto")
     parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--torch_compile", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--smoke", action="store_true", help="32px, batch 2, 2 steps, TF on CPU")
+    parser.add_argument("--smoke", action="store_true", help="64px, batch 8, 2 steps (a CPU check)")
     parser.add_argument("--child_timeout", type=float, default=1800)
     parser.add_argument("--output_json")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON: one configuration to run
     args = parser.parse_args()
     if args.smoke:
-        args.image_size, args.batch_size, args.steps, args.warmup_steps = 32, 2, 2, 1
-        args.backend = "tensorflow"
+        args.image_size, args.batch_size, args.steps, args.warmup_steps = 64, 8, 2, 1
         args.archs = args.archs or "resnet50"
     args.archs = args.archs or ",".join(ARCHS)
     return args
@@ -86,14 +98,15 @@ def tensorflow_child(spec: dict) -> dict:
     )
     keras.mixed_precision.set_dtype_policy(POLICIES[spec["precision"]])
     size, batch = spec["image_size"], spec["batch_size"]
+    hp = recipe_hyperparameters(spec["arch"], batch)
     model = create_model(spec["arch"], 1000, input_shape=(size, size, 3), seed=0)
     optimizer = make_optimizer(
-        LEARNING_RATE, momentum=MOMENTUM, loss_scaling=spec["precision"] == "fp16"
+        hp["learning_rate"], momentum=hp["momentum"], loss_scaling=spec["precision"] == "fp16"
     )
     optimizer.build(model.trainable_variables)
     step = TrainStep(
         model, optimizer, Distributed(rank=0, size=1, local_rank=0, local_size=1),
-        num_classes=1000, weight_decay=3.0517578125e-05, label_smoothing=LABEL_SMOOTHING,
+        num_classes=1000, weight_decay=hp["weight_decay"], label_smoothing=hp["label_smoothing"],
         mixup_alpha=0.0, xla=True, fp16_allreduce=False, seed=0,
     )  # fmt: skip
     dtype = keras.mixed_precision.dtype_policy().compute_dtype
@@ -110,7 +123,7 @@ def tensorflow_child(spec: dict) -> dict:
         "tf32" if gpus and tf.config.experimental.is_tensor_float_32_execution_enabled() else "fp32"
     )
     return _timed_run(
-        lambda n, first: run(n, first).numpy(),
+        lambda n, first: float(run(n, first).cross_entropy.numpy()),
         spec,
         backend="tensorflow",
         device=device,
@@ -130,6 +143,8 @@ def jax_child(spec: dict) -> dict:
     assert keras.backend.backend() == "jax", "KERAS_BACKEND=jax must be set before keras loads"
     keras.mixed_precision.set_dtype_policy(POLICIES[spec["precision"]])
     size, batch = spec["image_size"], spec["batch_size"]
+    hp = recipe_hyperparameters(spec["arch"], batch)
+    lr, momentum_decay, smoothing = hp["learning_rate"], hp["momentum"], hp["label_smoothing"]
     model = create_model(spec["arch"], 1000, input_shape=(size, size, 3), seed=0)
     loss_scale = JAX_FP16_LOSS_SCALE if spec["precision"] == "fp16" else 1.0
     compute_dtype = keras.mixed_precision.dtype_policy().compute_dtype
@@ -138,7 +153,7 @@ def jax_child(spec: dict) -> dict:
         logits, non_trainable = model.stateless_call(
             trainable, non_trainable, images, training=True
         )
-        targets = jax.nn.one_hot(labels, 1000) * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / 1000
+        targets = jax.nn.one_hot(labels, 1000) * (1 - smoothing) + smoothing / 1000
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
         loss = -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
         return loss * loss_scale, (loss, non_trainable)
@@ -148,8 +163,10 @@ def jax_child(spec: dict) -> dict:
         grads, (loss, non_trainable) = jax.grad(loss_fn, has_aux=True)(
             trainable, non_trainable, images, labels
         )
-        momentum = [MOMENTUM * m + g / loss_scale for m, g in zip(momentum, grads, strict=True)]
-        trainable = [w - LEARNING_RATE * m for w, m in zip(trainable, momentum, strict=True)]
+        momentum = [
+            momentum_decay * m + g / loss_scale for m, g in zip(momentum, grads, strict=True)
+        ]
+        trainable = [w - lr * m for w, m in zip(trainable, momentum, strict=True)]
         return trainable, non_trainable, momentum, loss
 
     key = jax.random.PRNGKey(0)
@@ -161,12 +178,12 @@ def jax_child(spec: dict) -> dict:
         [jnp.zeros_like(v.value) for v in model.trainable_variables],
     ]
 
-    def run(n: int, first: int) -> None:
+    def run(n: int, first: int) -> float:
         loss = None
         for _ in range(n):
             *new_state, loss = train_step(*state, images, labels)
             state[:] = new_state
-        loss.block_until_ready()
+        return float(loss)  # waits for the device
 
     device = jax.devices()[0]
     return _timed_run(
@@ -186,10 +203,14 @@ def torch_child(spec: dict) -> dict:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     amp_dtype = torch.float16 if cuda else torch.bfloat16
-    model = torchvision.models.resnet50().to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     size, batch = spec["image_size"], spec["batch_size"]
+    hp = recipe_hyperparameters("resnet50", batch)
+    model = torchvision.models.resnet50().to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=hp["learning_rate"], momentum=hp["momentum"],
+        weight_decay=hp["weight_decay"],
+    )  # fmt: skip
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     images = torch.randn(batch, 3, size, size, device=device).to(memory_format=torch.channels_last)
     labels = torch.randint(0, 1000, (batch,), device=device)
     forward = torch.compile(model) if spec["torch_compile"] else model
@@ -197,7 +218,7 @@ def torch_child(spec: dict) -> dict:
     def step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=amp_dtype):
             loss = torch.nn.functional.cross_entropy(
-                forward(images), labels, label_smoothing=LABEL_SMOOTHING
+                forward(images), labels, label_smoothing=hp["label_smoothing"]
             )
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -205,10 +226,10 @@ def torch_child(spec: dict) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    def run(n: int, first: int) -> None:
+    def run(n: int, first: int) -> float:
         for _ in range(n):
             loss = step()
-        loss.item()  # waits for the device
+        return loss.item()  # waits for the device
 
     name = torch.cuda.get_device_name() if cuda else "CPU"
     result = _timed_run(run, spec, backend="torch", device=name, fp32_label="fp32")
@@ -218,13 +239,17 @@ def torch_child(spec: dict) -> dict:
 
 
 def _timed_run(run, spec: dict, *, backend: str, device: str, fp32_label: str) -> dict:
-    """First call (compiles), warm-up, then images / wall time over the measured steps."""
+    """First call (compiles), warm-up, then images / wall time over the measured steps.
+
+    `run(n, first_step)` runs n steps and returns the last loss as a float (which waits for
+    the device, so the clock stops after the work is done).
+    """
     start = time.perf_counter()
     run(1, 0)
     first = time.perf_counter() - start
     run(spec["warmup_steps"], 1)
     start = time.perf_counter()
-    run(spec["steps"], 1 + spec["warmup_steps"])
+    loss = run(spec["steps"], 1 + spec["warmup_steps"])
     seconds = time.perf_counter() - start
     precision = spec.get("precision", "")
     return {
@@ -232,6 +257,7 @@ def _timed_run(run, spec: dict, *, backend: str, device: str, fp32_label: str) -
         "device": device,
         "precision": fp32_label if precision == "fp32" else precision,
         "first_step_s": first,
+        "loss": loss,
         "ips": spec["steps"] * spec["batch_size"] / seconds,
     }
 
@@ -240,18 +266,19 @@ def _timed_run(run, spec: dict, *, backend: str, device: str, fp32_label: str) -
 
 
 def choose_backend(requested: str) -> str:
+    """The requested backend; for "auto", the first that sees a GPU, else the first installed."""
     if requested != "auto":
         return requested
+    has_tf, has_jax = _importable("tensorflow"), _importable("jax")
     probe = "import tensorflow as tf; print(len(tf.config.list_physical_devices('GPU')))"
-    if _probe(probe, {"TF_CPP_MIN_LOG_LEVEL": "3"}) not in ("", "0"):
+    if has_tf and _probe(probe, {"TF_CPP_MIN_LOG_LEVEL": "3"}) not in ("", "0"):
         return "tensorflow"
-    import importlib.util
-
-    if importlib.util.find_spec("jax") is not None:
-        probe = "import jax; print(any(d.platform == 'gpu' for d in jax.devices()))"
-        if _probe(probe, {}) == "True":
-            return "jax"
-    return "tensorflow"
+    probe = "import jax; print(any(d.platform == 'gpu' for d in jax.devices()))"
+    if has_jax and _probe(probe, {}) == "True":
+        return "jax"
+    if not (has_tf or has_jax):
+        sys.exit("gpu_throughput: neither tensorflow nor jax is installed")
+    return "tensorflow" if has_tf else "jax"
 
 
 def _probe(code: str, env: dict[str, str]) -> str:
@@ -300,6 +327,7 @@ def main() -> None:
             ("device", "device", "<24"),
             ("precision", "precision", "<9"),
             ("first_step_s", "first step s", ">12.1f"),
+            ("loss", "loss", ">7.3f"),
             ("ips", "img/s", ">9.1f"),
             ("vs_torch", "/ torch", ">7.3f"),
         ],
@@ -309,6 +337,8 @@ def main() -> None:
     for row in rows:
         if "error" in row:
             print(f"  {row['model']} {row.get('precision', '')}: {row['error']}")
+        elif not _trained(row):
+            print(f"  {row['model']} {row.get('precision', '')}: loss is not finite")
     print(_goal_line(rows))
     write_json(args.output_json, args, rows, backend=backend)
 
@@ -342,7 +372,7 @@ def _goal_line(rows: list[dict]) -> str:
     mixed = [
         r["ips"]
         for r in rows
-        if r["model"] == "resnet50" and r.get("precision") in ("fp16", "bf16") and "error" not in r
+        if r["model"] == "resnet50" and r.get("precision") in ("fp16", "bf16") and _trained(r)
     ]
     devices = {r.get("device", "") for r in rows}
     if not any("H100" in d for d in devices):
@@ -350,6 +380,11 @@ def _goal_line(rows: list[dict]) -> str:
     best = max(mixed, default=0.0)
     verdict = "met" if best >= GOAL_IPS else "NOT met"
     return f"goal (one H100, resnet50 mixed precision >= {GOAL_IPS} img/s): {verdict} ({best:.0f})"
+
+
+def _trained(row: dict) -> bool:
+    """The run finished with a finite loss: only then does its speed count."""
+    return "error" not in row and math.isfinite(row.get("loss", math.nan))
 
 
 def _importable(name: str) -> bool:

@@ -77,7 +77,7 @@ def child(spec: dict) -> None:
     from tfconvnets.training import make_optimizer
 
     dist = Distributed(rank=0, size=1, local_rank=0, local_size=1)
-    uses_gpu = configure_devices(dist)
+    uses_gpu = configure_devices(dist) is not None
     config = resolve_config(
         mode="training_benchmark",
         arch=spec["arch"],
@@ -99,7 +99,7 @@ def child(spec: dict) -> None:
     rss_model = rss_bytes()
     start = time.perf_counter()
     for i in range(spec["steps"]):
-        step(images, labels, tf.constant(i, tf.int64)).numpy()
+        step(images, labels, tf.constant(i, tf.int64)).total.numpy()
     emit_result(
         {
             "rss_after_build_gib": rss_model / GIB,

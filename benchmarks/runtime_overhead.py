@@ -83,9 +83,9 @@ def build_product(args: argparse.Namespace, log_dir: str):
         progress_bar=args.progress_bar,
     )
     dist = Distributed.init()
-    uses_gpu = configure_devices(dist, config.intra_op_threads)
-    xla = uses_gpu if config.xla is None else config.xla
-    config = dataclasses.replace(config, xla=xla, uses_gpu=uses_gpu, model_dir=None)
+    gpu_id = configure_devices(dist, config.intra_op_threads)
+    xla = gpu_id is not None if config.xla is None else config.xla
+    config = dataclasses.replace(config, xla=xla, gpu_id=gpu_id, model_dir=None)
     keras.mixed_precision.set_dtype_policy(config.dtype_policy)
     keras.utils.set_random_seed(config.seed)
     reporter = Reporter(
@@ -153,6 +153,9 @@ def loop_costs(trainer, train_data, reporter, repeats: int = 50) -> dict[str, fl
     """
     import tensorflow as tf
 
+    from runtime.steps import StepLosses
+    from runtime.trainer import loss_scalars
+
     data = iter(train_data.dataset)
 
     def per_call(fn) -> float:
@@ -162,7 +165,7 @@ def loop_costs(trainer, train_data, reporter, repeats: int = 50) -> dict[str, fl
             fn()
         return 1e6 * (time.perf_counter() - start) / repeats
 
-    loss = tf.constant(1.0)
+    losses = StepLosses(tf.constant(1.25), tf.constant(1.0))
     return {
         "next(data)": per_call(lambda: next(data)),
         "tf.constant(step)": per_call(lambda: tf.constant(7, tf.int64)),
@@ -170,7 +173,9 @@ def loop_costs(trainer, train_data, reporter, repeats: int = 50) -> dict[str, fl
         "lr schedule eval (display step)": per_call(
             lambda: float(trainer.lr_schedule(trainer.optimizer.iterations))
         ),
-        "reporter.step (display step)": per_call(lambda: reporter.step(7, float(loss), 0.1)),
+        "reporter.step (display step)": per_call(
+            lambda: reporter.step(7, loss_scalars(losses), 0.1)
+        ),
     }
 
 

@@ -79,7 +79,11 @@ class RunConfig:
     seed: int = 0
     to_predict: str | None = None
     inference_batch_sizes: tuple[int, ...] = ()
-    uses_gpu: bool = False  # set by the runtime once devices are configured
+    gpu_id: int | None = None  # this rank's CUDA ordinal, set once devices are configured
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.gpu_id is not None
 
     @property
     def grouped_conv(self) -> str:

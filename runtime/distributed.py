@@ -12,6 +12,8 @@ import os
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
+from tfconvnets.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class Distributed:
@@ -71,18 +73,36 @@ class Distributed:
         return bool(self.sum(tf.constant(int(flag), tf.int32), name=name).numpy() > 0)
 
 
-def configure_devices(dist: Distributed, intra_op_threads: int = 0) -> bool:
-    """One GPU per rank; on a CPU-only host, the cores are split between the local ranks.
+def configure_devices(dist: Distributed, intra_op_threads: int = 0) -> int | None:
+    """One GPU per rank; the cores are split between the local ranks.
 
-    Returns whether a GPU is used.
+    Returns the CUDA device ordinal this rank uses (TensorFlow then calls it /gpu:0; DALI needs
+    the ordinal), or None on a host without GPUs.
     """
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        gpu = gpus[dist.local_rank % len(gpus)]
-        tf.config.set_visible_devices([gpu], "GPU")
-        tf.config.experimental.set_memory_growth(gpu, True)
-        return True
     threads = intra_op_threads or max(1, (os.cpu_count() or 1) // dist.local_size)
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
-    return False
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    gpu_id = choose_gpu(len(gpus), dist.local_rank, dist.local_size)
+    tf.config.set_visible_devices([gpus[gpu_id]], "GPU")
+    tf.config.experimental.set_memory_growth(gpus[gpu_id], True)
+    return gpu_id
+
+
+def choose_gpu(num_gpus: int, local_rank: int, local_size: int) -> int:
+    """The ordinal of this rank's GPU among the `num_gpus` the process sees.
+
+    One visible GPU is this rank's own (launchers such as SLURM set CUDA_VISIBLE_DEVICES per
+    process); otherwise local rank i takes GPU i, and two ranks never share one.
+    """
+    if num_gpus == 1:
+        return 0
+    if local_rank >= num_gpus:
+        raise UserError(
+            f"local rank {local_rank} of {local_size} has no GPU of its own: this host shows "
+            f"{num_gpus} GPUs; start at most {num_gpus} processes per host "
+            f"(horovodrun -np / -H host:{num_gpus})"
+        )
+    return local_rank

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import keras
 import tensorflow as tf
 
 from runtime.distributed import Distributed
@@ -12,9 +11,12 @@ from runtime.steps import EvalStep
 from tfconvnets.data import Pipeline
 
 
-def evaluate(model: keras.Model, data: Pipeline, dist: Distributed, *, xla: bool) -> dict:
-    """top-1/top-5 accuracy over the whole split: each rank evaluates its shard once, no tail dropped."""
-    eval_step = EvalStep(model, xla=xla)
+def evaluate(eval_step: EvalStep, data: Pipeline, dist: Distributed) -> dict:
+    """top-1/top-5 accuracy over the whole split: each rank evaluates its shard once, no tail dropped.
+
+    The caller keeps one `eval_step` for all evaluations of a run: a new one would be traced
+    and (with XLA) compiled again each time.
+    """
     totals = tf.zeros([3], tf.int64)
     start = time.perf_counter()
     for images, labels in data.dataset:

@@ -19,7 +19,7 @@ from runtime.distributed import Distributed, configure_devices
 from runtime.evaluation import evaluate
 from runtime.export import export_saved_model
 from runtime.reporting import Reporter, tensorboard_dir
-from runtime.steps import inference_function
+from runtime.steps import EvalStep, inference_function
 from runtime.trainer import Trainer
 from tfconvnets.data import DataConfig, Pipeline, build_pipeline, diagnose_corrupt_records
 from tfconvnets.errors import UserError
@@ -41,9 +41,9 @@ def run(config: RunConfig) -> None:
         model_summary(dataclasses.replace(config, xla=bool(config.xla)))
         return
     dist = Distributed.init()
-    uses_gpu = configure_devices(dist, config.intra_op_threads)
-    xla = uses_gpu if config.xla is None else config.xla
-    config = dataclasses.replace(config, xla=xla, uses_gpu=uses_gpu)
+    gpu_id = configure_devices(dist, config.intra_op_threads)
+    xla = gpu_id is not None if config.xla is None else config.xla
+    config = dataclasses.replace(config, xla=xla, gpu_id=gpu_id)
     keras.mixed_precision.set_dtype_policy(config.dtype_policy)
     keras.utils.set_random_seed(config.seed)
     if dist.is_chief:
@@ -113,7 +113,7 @@ def pipeline(
         shard_id=ctx.dist.rank,
         num_shards=ctx.dist.size,
         seed=ctx.config.seed,
-        local_rank=ctx.dist.local_rank,
+        gpu_id=ctx.config.gpu_id,
     )
 
 
@@ -153,11 +153,20 @@ def _check_writable(directory: str, flag: str) -> None:
 
 
 def _explain_data_error(error: tf.errors.OpError, config: RunConfig) -> Exception:
-    """A failing input op becomes one message naming the bad records, when they can be found."""
+    """A failing input op becomes one message naming the bad records, when they can be found.
+
+    Only errors raised while reading a batch are diagnosed: the scan decodes every record of
+    the dataset, which is hours of work to add to, say, a GPU out-of-memory error.
+    """
     message = error.message.strip().splitlines()[0] if error.message else str(error)
     if "tfconvnets:" in message:  # the pipelines' own in-graph checks carry a readable message
         return UserError(message[message.index("tfconvnets:") + len("tfconvnets:") :].strip())
-    if config.data_dir and config.data_backend != "synthetic":
+    if config.data_dir and config.data_backend != "synthetic" and is_input_error(error):
+        logging.error(
+            "reading the input failed (%s: %s); decoding every record of %s to name the bad "
+            "ones (interrupt to skip)",
+            type(error).__name__, message[:300], config.data_dir,
+        )  # fmt: skip
         bad = [
             r
             for split in ("train", "validation")
@@ -170,6 +179,15 @@ def _explain_data_error(error: tf.errors.OpError, config: RunConfig) -> Exceptio
                 "(re-create them, or pass --skip_corrupt with --data_backend=tf)"
             )
     return error
+
+
+def is_input_error(error: tf.errors.OpError) -> bool:
+    """Raised by reading a batch (tf.data or DALI), and not for lack of memory."""
+    text = error.message or ""
+    out_of_memory = isinstance(error, tf.errors.ResourceExhaustedError) or any(
+        hint in text.lower() for hint in ("out of memory", "failed to allocate")
+    )
+    return not out_of_memory and ("IteratorGetNext" in text or "DALI" in text)
 
 
 # --- modes --------------------------------------------------------------------------------
@@ -200,9 +218,8 @@ def train(ctx: Context) -> Results:
 
 def evaluate_mode(ctx: Context) -> Results:
     model = restore_trained_model(ctx)
-    results = evaluate(
-        model, pipeline(ctx, "validation", training=False), ctx.dist, xla=ctx.config.xla
-    )
+    eval_step = EvalStep(model, xla=ctx.config.xla)
+    results = evaluate(eval_step, pipeline(ctx, "validation", training=False), ctx.dist)
     if ctx.config.export_dir and ctx.dist.is_chief:
         export_saved_model(
             model, ctx.config.export_dir, image_size=ctx.config.image_size, xla=ctx.config.xla
@@ -265,9 +282,13 @@ def inference_benchmark(ctx: Context) -> Results:
     results: Results = []
     steps = config.num_iter if config.iter_unit == "batch" else 100
     for batch_size in config.inference_batch_sizes or (config.batch_size,):
-        data = iter(
-            pipeline(ctx, "validation", training=False, batch_size=batch_size).dataset.repeat()
-        )
+        dataset = pipeline(ctx, "validation", training=False, batch_size=batch_size).dataset
+        dataset = dataset.repeat()
+        if config.uses_gpu:
+            # Batches are copied to the GPU ahead of time, as a serving pipeline would do, so
+            # the timings below are the model's and not the host-to-device copy's.
+            dataset = dataset.apply(tf.data.experimental.prefetch_to_device("/gpu:0", 2))
+        data = iter(dataset)
         latencies = []
         for i in range(config.warmup_steps + steps):
             images, _ = next(data)
@@ -291,12 +312,18 @@ def data_benchmark(ctx: Context) -> Results:
     from tfconvnets.data.benchmark import run_data_benchmark
 
     config = ctx.config
+    if ctx.dist.size > 1:
+        raise UserError(
+            "--mode=data_benchmark measures one process's input pipeline: run it without "
+            f"horovodrun (this job has {ctx.dist.size} processes)"
+        )
     steps = config.num_iter if config.iter_unit == "batch" else 100
     result = run_data_benchmark(
         data_config(config),
         batch_size=config.batch_size,
         num_batches=steps,
         warmup_batches=config.warmup_steps,
+        gpu_id=config.gpu_id,
     )
     return [result]
 

@@ -56,13 +56,13 @@ class Reporter:
                 schedule.global_batch, schedule.peak_lr,
             )  # fmt: skip
 
-    def step(self, step: int, loss: float, lr: float) -> None:
+    def step(self, step: int, losses: dict[str, float], lr: float) -> None:
         now = time.perf_counter()
         last_step, last_time = self._last or (step, now)
         self._last = (step, now)
         if not self.enabled:
             return
-        data = {"loss": loss, "lr": lr}
+        data = {**losses, "lr": lr}
         if step > last_step:
             data["imgs_per_sec"] = (step - last_step) * self.global_batch / (now - last_time)
         epoch = (step - 1) // self._steps_per_epoch

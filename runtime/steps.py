@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
 
 from runtime.distributed import Distributed
 from tfconvnets.training import decayed_kernels, l2_penalty, mixup
+
+
+class StepLosses(NamedTuple):
+    """This rank's losses for one batch, as device tensors (reading one waits for the step)."""
+
+    total: tf.Tensor  # cross-entropy + L2 penalty: what the gradients are taken of
+    cross_entropy: tf.Tensor
 
 
 class TrainStep:
@@ -16,7 +25,10 @@ class TrainStep:
     gradients outside it (its ops cannot run inside XLA); the Keras optimizer applies them.
     Non-finite averaged gradients are never applied: the loss-scale optimizer skips them and
     lowers its scale under float16, and this step skips them in float32/bfloat16. The streak of
-    consecutive non-finite losses stays on the device, read only when the loop syncs anyway.
+    consecutive bad steps (non-finite loss, or in float32/bfloat16 non-finite gradients) stays
+    on the device, read only when the loop syncs anyway. So does the first step whose labels
+    fall outside [0, num_classes): `tf.one_hot` would silently turn them into all-zero targets,
+    and DALI's GPU pipeline hands labels to the step unchecked.
     """
 
     def __init__(
@@ -49,41 +61,53 @@ class TrainStep:
         self.nonfinite_streak = tf.Variable(0, trainable=False, dtype=tf.int64)
         self.worst_streak = tf.Variable(0, trainable=False, dtype=tf.int64)
         self.first_nonfinite_step = tf.Variable(-1, trainable=False, dtype=tf.int64)
+        self.first_bad_label_step = tf.Variable(-1, trainable=False, dtype=tf.int64)
         self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=xla)
         self._step = tf.function(self._step_fn)
 
-    def __call__(self, images, labels, step):
+    def __call__(self, images, labels, step) -> StepLosses:
         return self._step(images, labels, step)
 
     def _loss_and_grads_fn(self, images, targets):
         with tf.GradientTape() as tape:
             logits = self._model(images, training=True)
-            loss = self._loss_fn(targets, logits) + l2_penalty(self._kernels, self._weight_decay)
+            cross_entropy = self._loss_fn(targets, logits)
+            loss = cross_entropy + l2_penalty(self._kernels, self._weight_decay)
             scaled_loss = self._optimizer.scale_loss(loss)
-        return loss, tape.gradient(scaled_loss, self._model.trainable_variables)
+        grads = tape.gradient(scaled_loss, self._model.trainable_variables)
+        return StepLosses(loss, cross_entropy), grads
 
     def _step_fn(self, images, labels, step):
+        self._track_labels(labels, step)
         targets = tf.one_hot(labels, self._num_classes)
         if self._mixup_alpha > 0:
             seed = tf.stack([tf.constant(self._seed, tf.int64), tf.cast(step, tf.int64)])
             images, targets = mixup(images, targets, self._mixup_alpha, seed)
-        loss, grads = self._loss_and_grads(images, targets)
+        losses, grads = self._loss_and_grads(images, targets)
         grads = self._dist.average_gradients(grads, self._fp16_allreduce)
         variables = self._model.trainable_variables
+        finite = tf.math.is_finite(losses.total)
         if self._handles_nonfinite:
             self._optimizer.apply(grads, variables)
         else:
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-            tf.cond(finite, lambda: self._apply(grads, variables), lambda: tf.no_op())
-        self._track_nonfinite(loss, step)
-        return loss
+            finite_grads = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+            tf.cond(finite_grads, lambda: self._apply(grads, variables), lambda: tf.no_op())
+            finite = tf.logical_and(finite, finite_grads)
+        self._track_nonfinite(finite, step)
+        return losses
 
     def _apply(self, grads, variables):
         self._optimizer.apply(grads, variables)
         return tf.no_op()
 
-    def _track_nonfinite(self, loss, step):
-        finite = tf.math.is_finite(loss)
+    def _track_labels(self, labels, step):
+        in_range = tf.reduce_all(tf.logical_and(labels >= 0, labels < self._num_classes))
+        first = tf.logical_and(tf.logical_not(in_range), self.first_bad_label_step < 0)
+        self.first_bad_label_step.assign(
+            tf.where(first, tf.cast(step, tf.int64), self.first_bad_label_step)
+        )
+
+    def _track_nonfinite(self, finite, step):
         streak = tf.where(finite, tf.constant(0, tf.int64), self.nonfinite_streak + 1)
         self.nonfinite_streak.assign(streak)
         self.worst_streak.assign(tf.maximum(self.worst_streak, streak))

@@ -19,7 +19,7 @@ from runtime.config import RunConfig
 from runtime.distributed import Distributed
 from runtime.evaluation import evaluate
 from runtime.reporting import Reporter
-from runtime.steps import TrainStep
+from runtime.steps import EvalStep, StepLosses, TrainStep
 from tfconvnets.data import Pipeline
 from tfconvnets.errors import UserError
 from tfconvnets.training import learning_rate_schedule, make_optimizer
@@ -159,6 +159,7 @@ class Trainer:
             fp16_allreduce=config.fp16_allreduce,
             seed=config.seed,
         )
+        self.eval_step = EvalStep(model, xla=config.xla) if eval_data is not None else None
         self.model_dir = (
             Path(config.model_dir) if config.model_dir else None
         )  # None: no checkpoints
@@ -264,21 +265,23 @@ class Trainer:
         clock = ThroughputClock(warmup_steps=config.warmup_steps, start_step=start_step)
         if config.warmup_steps == 0:
             clock.start(step)
-        loss = None
+        losses = None
         try:
             while step < end_step:
                 images, labels = next(data)
-                loss = self.train_step(images, labels, tf.constant(step, tf.int64))
+                losses = self.train_step(images, labels, tf.constant(step, tf.int64))
                 step += 1
                 if clock.at_warmup_end(step):
-                    loss.numpy()  # sync: the clock starts once the warm-up work is done
+                    losses.total.numpy()  # sync: the clock starts once the warm-up work is done
                     clock.start(step)
                 at_epoch_end = step % s.steps_per_epoch == 0
-                if not (step % config.display_every == 0 or step == end_step or at_epoch_end):
+                display = step % config.display_every == 0 or step == end_step or at_epoch_end
+                if not (display or step % config.checkpoint_every == 0):
                     continue
                 self._check_numerics(step)
-                lr = float(self.lr_schedule(self.optimizer.iterations))
-                self.reporter.step(step, float(loss.numpy()), lr)
+                if display:
+                    lr = float(self.lr_schedule(self.optimizer.iterations))
+                    self.reporter.step(step, loss_scalars(losses), lr)
                 with clock.paused():
                     self._bookkeeping(step, at_epoch_end)
                 if self.dist.any(preemption.received is not None, name="preempted"):
@@ -292,8 +295,8 @@ class Trainer:
             preemption.restore()
             self.reporter.end_epoch()
 
-        if loss is not None:
-            loss.numpy()
+        if losses is not None:
+            losses.total.numpy()
         clock.stop(step)
         self.save_checkpoint(step)
         results: dict = {"step": step, "weights_fingerprint": self._check_ranks_agree(step)}
@@ -332,24 +335,41 @@ class Trainer:
         return fingerprint
 
     def _check_numerics(self, step: int) -> None:
+        """Stops every rank if any rank's steps saw bad labels or too many non-finite steps."""
         ts = self.train_step
         loss_scaled = self.config.amp and self.config.amp_dtype == "float16"
-        # Without a loss scale to lower, the first non-finite loss is fatal.
+        # Without a loss scale to lower, the first non-finite step is fatal.
         limit = self.config.max_nonfinite_steps if loss_scaled else 1
-        bad = int(ts.worst_streak.numpy()) >= limit
-        if self.dist.any(bad, name="nonfinite"):
+        bad_label_step = int(ts.first_bad_label_step.numpy())
+        local = [bad_label_step >= 0, int(ts.worst_streak.numpy()) >= limit]
+        bad_labels, nonfinite = (
+            self.dist.sum(tf.constant(local, tf.int32), name="step_checks").numpy() > 0
+        )
+        if bad_labels:
+            where = f"at step {bad_label_step + 1}" if bad_label_step >= 0 else "on another rank"
+            raise UserError(
+                f"a training batch {where} held labels outside 1..{self.config.num_classes} "
+                f"(--num_classes) in --data_dir={self.config.data_dir}; nothing was saved"
+            )
+        if nonfinite:
             first = int(ts.first_nonfinite_step.numpy())
             kept = self._last_checkpoint or "none yet"
             raise TrainingStopped(
-                f"loss became non-finite at step {first + 1 if first >= 0 else step} "
-                f"({limit} consecutive step(s) allowed); stopped at step {step} without saving; "
-                f"last good checkpoint: {kept}",
+                f"loss or gradients became non-finite at step "
+                f"{first + 1 if first >= 0 else step} ({limit} consecutive step(s) allowed); "
+                f"stopped at step {step} without saving; last good checkpoint: {kept}",
                 exit_code=NONFINITE_EXIT_CODE,
             )
 
     def _evaluate(self, step: int) -> dict:
         self.sync_batch_norm_statistics()
-        metrics = evaluate(self.model, self.eval_data, self.dist, xla=self.config.xla)
+        metrics = evaluate(self.eval_step, self.eval_data, self.dist)
         self.reporter.evaluation(step, metrics)
         self._last_eval, self._last_eval_step = metrics, step
         return metrics
+
+
+def loss_scalars(losses: StepLosses) -> dict[str, float]:
+    """The logged losses: the total the gradients come from, and its two parts."""
+    total, cross_entropy = float(losses.total.numpy()), float(losses.cross_entropy.numpy())
+    return {"loss": total, "cross_entropy": cross_entropy, "l2_loss": total - cross_entropy}

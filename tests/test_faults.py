@@ -243,7 +243,7 @@ def test_diverging_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_pat
         f"--model_dir={tmp_path}",
     )
     assert out.returncode == 65, out.stderr[-3000:]
-    assert re.search(r"(loss|weights) became non-finite (at|by) step \d+", out.stderr)
+    assert re.search(r"(loss or gradients|weights) became non-finite (at|by) step \d+", out.stderr)
     for path in checkpoints.list_checkpoints(tmp_path):
         _, arrays = checkpoints.read_checkpoint(path)
         assert all(np.isfinite(a).all() for a in arrays.values()), path
@@ -273,8 +273,8 @@ def test_a_nan_batch_is_skipped_and_lowers_the_loss_scale(policy):
         before = [v.numpy().copy() for v in model.trainable_variables]
         scale_before = float(optimizer.dynamic_scale.numpy()) if policy == "mixed_float16" else None
         images[0, 0, 0, 0] = np.nan
-        loss = step(tf.constant(images), labels, tf.constant(1, tf.int64))
-        assert not np.isfinite(loss.numpy())
+        losses = step(tf.constant(images), labels, tf.constant(1, tf.int64))
+        assert not np.isfinite(losses.total.numpy())
         for a, v in zip(before, model.trainable_variables, strict=True):
             np.testing.assert_array_equal(a, v.numpy())
         assert (
@@ -284,6 +284,30 @@ def test_a_nan_batch_is_skipped_and_lowers_the_loss_scale(policy):
             assert float(optimizer.dynamic_scale.numpy()) == scale_before / 2
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_the_train_step_records_the_first_batch_with_out_of_range_labels():
+    """DALI's GPU pipeline hands labels over unchecked, and tf.one_hot would silently make an
+    all-zero target of a label outside [0, num_classes): the step itself must notice."""
+    import tensorflow as tf
+
+    from runtime.distributed import Distributed
+    from runtime.steps import TrainStep
+    from tfconvnets.models import create_model
+    from tfconvnets.training import make_optimizer
+
+    model = create_model("resnet50", 10, input_shape=(32, 32, 3), seed=0)
+    optimizer = make_optimizer(0.01, momentum=0.875, loss_scaling=False)
+    optimizer.build(model.trainable_variables)
+    step = TrainStep(model, optimizer, Distributed(0, 1, 0, 1), num_classes=10, weight_decay=0.0,
+                     label_smoothing=0.0, mixup_alpha=0.0, xla=False, fp16_allreduce=False, seed=0)  # fmt: skip
+    images = tf.random.normal([4, 32, 32, 3], seed=0)
+    batches = {0: [0, 1, 9, 2], 1: [0, 1, 10, 2], 2: [-1, 0, 0, 0], 3: [3, 3, 3, 3]}
+    seen = []
+    for index, labels in batches.items():
+        step(images, tf.constant(labels), tf.constant(index, tf.int64))
+        seen.append(int(step.first_bad_label_step.numpy()))
+    assert seen == [-1, 1, 1, 1]  # the first bad batch is kept, later ones do not overwrite it
 
 
 @pytest.fixture

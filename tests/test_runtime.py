@@ -224,6 +224,42 @@ def test_bad_flags_get_one_line_errors(args, expected):
     assert "Traceback" not in proc.stderr
 
 
+def test_checkpoints_follow_checkpoint_every_not_the_display_steps(tmp_path):
+    main_py(
+        *SMALL, "--mode=train", "--data_backend=synthetic", f"--model_dir={tmp_path}",
+        "--num_iter=10", "--iter_unit=batch", "--display_every=7", "--checkpoint_every=4",
+        "--keep_checkpoints=10",
+    )  # fmt: skip
+    steps = sorted(int(p.name.split("-")[1]) for p in checkpoints.list_checkpoints(tmp_path))
+    assert steps == [4, 8, 10]  # every 4 steps, and at the end
+    logged = [r["step"][1] for r in read_log(tmp_path / "log.json") if "loss" in r["data"]]
+    assert logged == [7, 10]  # display steps only
+
+
+def test_logged_losses_split_cross_entropy_and_the_l2_term(tmp_path):
+    """With --lr_init=0 the kernels keep their initial values, which the checkpoint holds, so
+    the logged l2_loss can be recomputed independently: wd * sum(0.5 * ||kernel||^2)."""
+    weight_decay = 1e-4
+    main_py(
+        *SMALL, "--mode=train", "--data_backend=synthetic", f"--model_dir={tmp_path}",
+        "--num_iter=2", "--iter_unit=batch", "--display_every=1", "--warmup_steps=0",
+        "--lr_init=0", f"--weight_decay={weight_decay}",
+    )  # fmt: skip
+    _, meta, arrays = checkpoints.latest_valid_checkpoint(tmp_path)
+    kernels = [
+        arrays[f"model/{i:05d}"].astype(np.float64)
+        for i, (path, _) in enumerate(meta["model_variables"])
+        if path.endswith("/kernel")
+    ]
+    expected_l2 = weight_decay * sum(0.5 * np.sum(k**2) for k in kernels)
+    logged = [r["data"] for r in read_log(tmp_path / "log.json") if "loss" in r["data"]]
+    assert len(logged) == 2
+    for data in logged:
+        assert data["l2_loss"] == pytest.approx(expected_l2, rel=1e-4)
+        assert data["cross_entropy"] == pytest.approx(data["loss"] - expected_l2, rel=1e-4)
+        assert 0.5 < data["cross_entropy"] < 10  # 10 classes: about ln(10) = 2.3 at the start
+
+
 @pytest.mark.parametrize(
     "recipe",
     [["--amp", "--amp_dtype=float16"], ["--amp", "--amp_dtype=bfloat16"], ["--mixup=0.2"]],
@@ -260,3 +296,44 @@ def test_mixup_mixes_images_and_labels_with_one_lambda():
     np.testing.assert_allclose(mixed_labels.numpy().sum(axis=1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(mixed_images[0].numpy(), lam * 0 + (1 - lam) * 3, rtol=1e-5)
     np.testing.assert_allclose(mixed_labels[0, 3].numpy(), 1 - lam, rtol=1e-6)
+
+
+def test_each_local_rank_gets_its_own_gpu_or_a_clear_error():
+    from runtime.distributed import choose_gpu
+    from tfconvnets.errors import UserError
+
+    assert [choose_gpu(8, rank, 8) for rank in range(8)] == list(range(8))
+    # One visible GPU per process (SLURM --gpus-per-task, per-rank CUDA_VISIBLE_DEVICES).
+    assert [choose_gpu(1, rank, 8) for rank in range(8)] == [0] * 8
+    with pytest.raises(UserError, match="local rank 4 of 6 has no GPU of its own: .* 4 GPUs"):
+        choose_gpu(4, 4, 6)
+
+
+def test_only_input_errors_trigger_the_record_scan():
+    """The scan decodes the whole dataset: never for, say, a GPU out-of-memory error."""
+    import tensorflow as tf
+
+    from runtime.modes import is_input_error
+
+    reading = "{{function_node __wrapped__IteratorGetNext_output_types_2_device_/CPU:0}} "
+    assert is_input_error(tf.errors.InvalidArgumentError(None, None, reading + "Invalid JPEG"))
+    assert is_input_error(
+        tf.errors.InternalError(None, None, reading + "Error DALI_ERROR_INVALID_OPERATION")
+    )
+    assert not is_input_error(tf.errors.ResourceExhaustedError(None, None, reading + "OOM"))
+    assert not is_input_error(
+        tf.errors.InternalError(None, None, "DALI: CUDA allocation failed: out of memory")
+    )
+    assert not is_input_error(tf.errors.InternalError(None, None, "XLA compilation failed"))
+
+
+@pytest.mark.slow
+def test_data_benchmark_refuses_to_run_under_horovodrun():
+    proc = horovodrun(
+        2, ["main.py", *SMALL, "--mode=data_benchmark", "--data_backend=synthetic"], check=False
+    )
+    assert proc.returncode != 0
+    assert "--mode=data_benchmark measures one process's input pipeline" in proc.stderr
+    # Each worker exits with the one-line error (horovodrun's own traceback follows).
+    assert re.findall(r"\[(\d)\]<stderr>:.*error: --mode=data_benchmark", proc.stderr), proc.stderr
+    assert not re.search(r"\[\d\]<stderr>:Traceback", proc.stderr)

@@ -19,7 +19,7 @@ def plot_log(log_path: str, output_path: str | None = None) -> str:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    train_steps, losses, lrs, eval_steps, top1 = [], [], [], [], []
+    train_steps, losses, cross_entropies, lrs, eval_steps, top1 = [], [], [], [], [], []
     for record in read_log(log_path):
         step, data = record.get("step"), record.get("data", {})
         if not isinstance(step, list) or len(step) < 2:
@@ -30,12 +30,16 @@ def plot_log(log_path: str, output_path: str | None = None) -> str:
         elif "loss" in data:
             train_steps.append(step[1])
             losses.append(data["loss"])
+            cross_entropies.append(data.get("cross_entropy"))
             lrs.append(data.get("lr"))
     if not train_steps and not eval_steps:
         raise ValueError(f"{log_path} holds no training or evaluation records")
 
     fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
-    axes[0].plot(train_steps, losses, color="tab:blue")
+    axes[0].plot(train_steps, losses, color="tab:blue", label="total (with L2)")
+    if None not in cross_entropies:
+        axes[0].plot(train_steps, cross_entropies, color="tab:purple", label="cross-entropy")
+        axes[0].legend()
     axes[0].set_ylabel("training loss")
     axes[1].plot(train_steps, lrs, color="tab:orange")
     axes[1].set_ylabel("learning rate")

@@ -115,7 +115,7 @@ def build_pipeline(
     shard_id: int = 0,
     num_shards: int = 1,
     seed: int = 0,
-    local_rank: int = 0,
+    gpu_id: int | None = None,
 ) -> Pipeline:
     """The input pipeline of one rank; see the module docstring for what it yields."""
     _validate(config, split, batch_size, shard_id, num_shards)
@@ -137,7 +137,7 @@ def build_pipeline(
         return tf_pipeline.build(config, **kwargs)
     from tfconvnets.data import dali_pipeline
 
-    return dali_pipeline.build(config, local_rank=local_rank, **kwargs)
+    return dali_pipeline.build(config, gpu_id=gpu_id, **kwargs)
 
 
 def load_eval_image(path: str, image_size: int, dtype: str = "float32") -> tf.Tensor:

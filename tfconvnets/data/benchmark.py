@@ -48,7 +48,12 @@ def measure_pipeline(pipeline: Pipeline, *, num_batches: int, warmup_batches: in
 
 
 def run_data_benchmark(
-    config: DataConfig, *, batch_size: int, num_batches: int, warmup_batches: int
+    config: DataConfig,
+    *,
+    batch_size: int,
+    num_batches: int,
+    warmup_batches: int,
+    gpu_id: int | None = None,
 ) -> dict[str, Any]:
     """Train (training=True) and eval (training=False) preprocessing throughput of one config.
 
@@ -63,7 +68,9 @@ def run_data_benchmark(
         "dtype": config.dtype,
     }
     for split, training in (("train", True), ("validation", False)):
-        pipeline = build_pipeline(config, split=split, batch_size=batch_size, training=training)
+        pipeline = build_pipeline(
+            config, split=split, batch_size=batch_size, training=training, gpu_id=gpu_id
+        )
         warmup = warmup_batches
         if not training:
             warmup = min(warmup_batches, pipeline.steps_per_epoch - 1)

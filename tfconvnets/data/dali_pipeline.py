@@ -9,7 +9,7 @@ Labels are shifted to 0-based inside DALI.
 Devices (``--dali_device``; "auto" picks the GPU when TensorFlow sees one, and logs it):
 - cpu: every operator on the CPU, ``device_id=None``, the dataset placed on /cpu:0.
 - gpu: decoders ``device="mixed"`` (nvJPEG), resize and normalize on the GPU,
-  ``device_id=local_rank``. Training datasets are placed on /gpu:0 and returned as they are,
+  ``device_id`` = the rank's GPU ordinal, the one TensorFlow uses. Training datasets are placed on /gpu:0 and returned as they are,
   since tf.data transformations have no GPU kernels (DALI's docs say not to add any): the
   labels are shifted in DALI but not range-checked in-graph, and bfloat16 images come out as
   float32 (DALI has no bfloat16; Keras' mixed policy casts model inputs). Eval datasets decode
@@ -82,17 +82,16 @@ def _dali_graph(
     shard_id: int,
     num_shards: int,
     seed: int,
-    device: str,
-    local_rank: int,
+    device_id: int | None,
 ):
     fn, types, tfrec = dali.fn, dali.types, dali.tfrec
-    gpu = device == "gpu"
+    gpu = device_id is not None
     decoder_device, op_device = ("mixed", "gpu") if gpu else ("cpu", "cpu")
     size = config.image_size
     pipe = dali.Pipeline(
         batch_size=batch_size,
         num_threads=config.num_threads,
-        device_id=local_rank if gpu else None,
+        device_id=device_id,
         seed=seed,
     )
     with pipe:
@@ -163,7 +162,7 @@ def build(
     shard_id: int,
     num_shards: int,
     seed: int,
-    local_rank: int,
+    gpu_id: int | None,
 ) -> Pipeline:
     dali = import_dali()
     if config.skip_corrupt:
@@ -174,6 +173,7 @@ def build(
         )
     plan = records.plan_split(config.data_dir, config.data_idx_dir, split, shard_id, num_shards)
     device = resolve_device(config.dali_device)
+    device_id = (gpu_id or 0) if device == "gpu" else None  # None: DALI's CPU-only mode
     size = config.image_size
     pipe = _dali_graph(
         dali,
@@ -184,8 +184,7 @@ def build(
         shard_id=shard_id,
         num_shards=num_shards,
         seed=records.rank_seed(seed, shard_id),
-        device=device,
-        local_rank=local_rank,
+        device_id=device_id,
     )
     dali_dtype = tf.float16 if config.dtype == "float16" else tf.float32
     on_gpu = device == "gpu" and training
@@ -194,7 +193,7 @@ def build(
             pipe,
             batch_size=batch_size,
             num_threads=config.num_threads,
-            device_id=local_rank if device == "gpu" else None,
+            device_id=device_id,
             output_dtypes=(dali_dtype, tf.int32),
             output_shapes=((batch_size, size, size, 3), (batch_size,)),
             # GPU eval: a GPU pipeline feeding a CPU dataset, on purpose (see module doc).
