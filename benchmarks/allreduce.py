@@ -21,9 +21,8 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import REPO_ROOT, print_table, write_json  # noqa: E402
+from benchmarks.common import REPO_ROOT, print_table, write_json
 
 BYTES = {"allreduce_fp32": 4, "allreduce_fp16": 2}
 

@@ -15,9 +15,8 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import quiet_tensorflow  # noqa: E402
+from benchmarks.common import quiet_tensorflow
 
 
 def parse_args() -> argparse.Namespace:

@@ -15,13 +15,12 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import print_table, write_json  # noqa: E402
-from tfconvnets.data import DataConfig  # noqa: E402
-from tfconvnets.data.benchmark import run_data_benchmark  # noqa: E402
-from tfconvnets.data.sample_images import write_sample_jpeg_folder  # noqa: E402
-from tfconvnets.dataprep import convert_dataset  # noqa: E402
+from benchmarks.common import print_table, write_json
+from tfconvnets.data import DataConfig
+from tfconvnets.data.benchmark import run_data_benchmark
+from tfconvnets.data.sample_images import write_sample_jpeg_folder
+from tfconvnets.dataprep import convert_dataset
 
 
 def parse_args() -> argparse.Namespace:

@@ -20,9 +20,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     REPO_ROOT,
     RESULT_PREFIX,
     emit_result,
@@ -30,7 +29,7 @@ from benchmarks.common import (  # noqa: E402
     quiet_tensorflow,
     write_json,
 )
-from model_configs import RECIPES  # noqa: E402
+from model_configs import RECIPES
 
 GIB = 1024**3
 ARCHS = tuple(RECIPES)

@@ -24,9 +24,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import print_table, quiet_tensorflow, spread, write_json  # noqa: E402
+from benchmarks.common import print_table, quiet_tensorflow, spread, write_json
 
 
 def parse_args() -> argparse.Namespace:

@@ -19,16 +19,15 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     emit_result,
     print_table,
     quiet_tensorflow,
     run_child,
     write_json,
 )
-from model_configs import RECIPES  # noqa: E402
+from model_configs import RECIPES
 
 ARCHS = tuple(RECIPES)
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}

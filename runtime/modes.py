@@ -13,13 +13,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from runtime import checkpoints
+from tfconvnets import checkpoints
 from runtime.config import TRAINING_MODES, RunConfig
 from runtime.distributed import Distributed, configure_devices
 from runtime.evaluation import evaluate
-from runtime.export import export_saved_model
 from runtime.reporting import Reporter, tensorboard_dir
-from runtime.steps import EvalStep, inference_function
+from runtime.steps import EvalStep
+from tfconvnets.deploy.savedmodel import export_saved_model, inference_function
 from runtime.trainer import Trainer
 from tfconvnets.data import DataConfig, Pipeline, build_pipeline, diagnose_corrupt_records
 from tfconvnets.errors import UserError

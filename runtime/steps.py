@@ -138,7 +138,3 @@ class EvalStep:
         counts = [top1, top5, valid]
         return tf.stack([tf.reduce_sum(tf.cast(c, tf.int64)) for c in counts])
 
-
-def inference_function(model: keras.Model, *, xla: bool):
-    """The model's forward pass in inference mode, compiled once per input shape."""
-    return tf.function(lambda images: model(images, training=False), jit_compile=xla)

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from runtime import checkpoints
+from tfconvnets import checkpoints
 from runtime.config import RunConfig
 from runtime.distributed import Distributed
 from runtime.evaluation import evaluate
@@ -200,7 +200,7 @@ class Trainer:
                     f"every checkpoint in {self.model_dir} is corrupt; move them away to start afresh"
                 )
             if self.config.finetune_checkpoint:
-                from runtime.finetune import load_pretrained
+                from tfconvnets.finetune import load_pretrained
 
                 load_pretrained(self.model, self.config.finetune_checkpoint)
             return ("fresh", 0)

@@ -15,7 +15,7 @@ CACHE_DIR="${TFCONVNETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tfconvnets}"
 step() { CURRENT_STEP="$*"; echo "==> [setup] $*"; }
 trap 'echo "!! [setup] FAILED during: ${CURRENT_STEP:-start}" >&2' ERR
 
-STAMP_INPUT="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-test.txt" "$ROOT/scripts/setup_env.sh"; "$PYTHON" --version)"
+STAMP_INPUT="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-test.txt" "$ROOT/scripts/setup_env.sh" "$ROOT/pyproject.toml"; "$PYTHON" --version)"
 STAMP_HASH="$(printf '%s' "$STAMP_INPUT" | sha256sum | cut -c1-16)"
 STAMP="$VENV/.tfconvnets-setup-$STAMP_HASH"
 
@@ -75,10 +75,14 @@ fi
 step "installing horovod"
 "${PIP[@]}" install -q --no-deps "$WHEEL_DIR"/horovod-*.whl
 
+step "installing tfconvnets itself (editable: tfconvnets, runtime, model_configs, benchmarks)"
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+
 step "checking the stack imports"
 "$VENV/bin/python" - <<'PY'
 import tensorflow as tf, keras, horovod.tensorflow as hvd
 import nvidia.dali.plugin.tf  # noqa: F401
+import tfconvnets, runtime, model_configs  # noqa: F401
 print(f"tensorflow {tf.__version__}, keras {keras.__version__}, horovod ok, dali tf plugin ok")
 PY
 

@@ -12,9 +12,11 @@ HOROVODRUN = Path(sys.executable).with_name("horovodrun")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment of a child process: the repo importable, TF quiet, one thread per op."""
+    """The environment of a child process: TF quiet, Gloo on the loopback interface.
+
+    The project is importable because the set-up installs it (`pip install -e .`).
+    """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("HOROVOD_GLOO_IFACE", "lo")
     env.update(extra)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from runtime import checkpoints
+from tfconvnets import checkpoints
 from tests.launch import run
 from tfconvnets import convert as converter
 from tfconvnets.errors import UserError
@@ -350,7 +350,7 @@ def test_cli_rejects_unknown_arch(tmp_path):
 def test_export_serves_the_imported_weights(tmp_path):
     import tensorflow as tf
 
-    from runtime.finetune import load_pretrained
+    from tfconvnets.finetune import load_pretrained
     from tfconvnets.constants import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
     from tfconvnets.models import create_model
 
@@ -463,7 +463,7 @@ def torch_references(tmp_path_factory) -> Path:
 def test_logits_match_pytorch(name, torch_references, tmp_path):
     import tensorflow as tf
 
-    from runtime.finetune import load_pretrained
+    from tfconvnets.finetune import load_pretrained
     from tfconvnets.models import create_model
 
     arch, source_format, suffix = REFERENCES[name]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import checkpoints
+from tfconvnets import checkpoints
 from tests.launch import HOROVODRUN, REPO_ROOT, run, subprocess_env
 
 SYNTHETIC_TRAIN = [

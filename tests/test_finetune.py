@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from runtime import checkpoints
-from runtime.finetune import load_pretrained
+from tfconvnets import checkpoints
+from tfconvnets.finetune import load_pretrained
 from tests.launch import run
 from tests.test_convert import checkpoint_arrays, hwio, write_synthetic_state_dict
 from tfconvnets.errors import UserError

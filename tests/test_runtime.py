@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import checkpoints
+from tfconvnets import checkpoints
 from tests.launch import horovodrun, run, subprocess_env
 from tfconvnets.dllogger import read_log
 

@@ -332,7 +332,7 @@ def convert(
     state_dict = load_state_dict(src)
     num_classes = num_classes_of(state_dict, f"--src {src}")
 
-    from runtime.checkpoints import write_checkpoint
+    from tfconvnets.checkpoints import write_checkpoint
     from tfconvnets.models import create_model
 
     model = create_model(
@@ -351,7 +351,7 @@ def convert(
     }
     path = write_checkpoint(out, 0, model.variables, [], metadata)
     if export_dir:
-        from runtime.export import export_saved_model
+        from tfconvnets.deploy.savedmodel import export_saved_model
 
         export_saved_model(model, str(export_dir), image_size=image_size, xla=export_xla)
     return path

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from runtime import checkpoints
+from tfconvnets import checkpoints
 from tfconvnets.errors import UserError
 
 CLASSIFIER = "classifier"

@@ -11,8 +11,12 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from runtime.steps import inference_function
 from tfconvnets.constants import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+
+def inference_function(model: keras.Model, *, xla: bool):
+    """The model's forward pass in inference mode, compiled once per input shape."""
+    return tf.function(lambda images: model(images, training=False), jit_compile=xla)
 
 
 def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int, xla: bool) -> str:

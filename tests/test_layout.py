@@ -1,0 +1,76 @@
+"""The project's layering rules, checked on the source: they fail when an import breaks them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_DIRS = ("tfconvnets", "runtime", "model_configs", "benchmarks", "tests", "scripts")
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def python_files(*dirs: str) -> list[Path]:
+    return sorted(p for d in dirs for p in (REPO_ROOT / d).rglob("*.py"))
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def violations(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+    return [
+        f"{_shown(path)}:{line} imports {module}"
+        for path in files
+        for line, module in imported_modules(path)
+        if module.split(".")[0] in forbidden
+    ]
+
+
+def test_the_library_never_imports_the_runtime():
+    assert python_files("tfconvnets"), "no library files found"
+    assert violations(python_files("tfconvnets"), ("runtime", "main", "benchmarks")) == []
+
+
+def test_model_configs_are_plain_data_over_the_library():
+    assert violations(python_files("model_configs"), ("runtime", "main", "tensorflow")) == []
+
+
+def test_the_model_code_is_pure_keras():
+    assert violations(python_files("tfconvnets/models"), ("tensorflow", "torch", "jax")) == []
+
+
+def test_the_checker_sees_function_level_imports(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from runtime.trainer import Trainer\n")
+    assert violations([probe], ("runtime",)) == [f"{probe}:2 imports runtime.trainer"]
+
+
+def sys_path_edits(path: Path) -> list[int]:
+    """Lines that call sys.path.insert/append (the project is installed, so it needs none)."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("insert", "append")
+        and ast.unparse(node.func.value) == "sys.path"
+    ]
+
+
+def test_no_sys_path_edits_anywhere(tmp_path):
+    files = python_files(*PROJECT_DIRS) + [REPO_ROOT / "main.py"]
+    assert {_shown(p): lines for p in files if (lines := sys_path_edits(p))} == {}
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys\nsys.path.insert(0, '.')\n")
+    assert sys_path_edits(probe) == [2]

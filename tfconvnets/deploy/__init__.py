@@ -1,0 +1,1 @@
+"""Serving artifacts: the SavedModel (and, later, ONNX and Triton repositories)."""
