@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
-
 
 from benchmarks.common import quiet_tensorflow
 

@@ -24,7 +24,6 @@ import os
 import sys
 import time
 
-
 from benchmarks.common import (
     emit_result,
     print_table,

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 
-
 from benchmarks.common import (
     REPO_ROOT,
     RESULT_PREFIX,

@@ -20,10 +20,8 @@ import argparse
 import dataclasses
 import os
 import statistics
-import sys
 import tempfile
 import time
-
 
 from benchmarks.common import print_table, quiet_tensorflow, spread, write_json
 

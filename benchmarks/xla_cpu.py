@@ -16,9 +16,7 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
-
 
 from benchmarks.common import (
     emit_result,

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfconvnets import checkpoints
 from tests.launch import horovodrun, run, subprocess_env
+from tfconvnets import checkpoints
 from tfconvnets.dllogger import read_log
 
 SMALL = [
