@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -202,22 +203,24 @@ class RunConfig:
     def with_values(self, values: dict[str, Any]) -> RunConfig:
         """A copy with `values` (keyed by flag name) set in whichever section declares them."""
         changes: dict[str, dict[str, Any]] = {}
+        index = flag_fields(self)
         for name, value in values.items():
             if name == "recipe":
                 continue
-            section, field = FLAG_FIELDS[name]
+            section, field = index[name]
             changes.setdefault(section, {})[field] = value
         replaced = {s: getattr(self, s).replace(**c) for s, c in changes.items()}
         return dataclasses.replace(self, **replaced)
 
 
-def _flag_fields() -> dict[str, tuple[str, str]]:
+def flag_fields(config: RunConfig) -> dict[str, tuple[str, str]]:
     """Flag name -> (section attribute, field name), checking that no flag is declared twice."""
     found: dict[str, tuple[str, str]] = {}
-    for top in dataclasses.fields(RunConfig):
-        if top.name == "recipe":
+    for top in dataclasses.fields(config):
+        section = getattr(config, top.name)
+        if not isinstance(section, Section):
             continue
-        for field in dataclasses.fields(top.default_factory):
+        for field in dataclasses.fields(section):
             name = flag_name(field)
             if name is None:
                 continue
@@ -227,4 +230,4 @@ def _flag_fields() -> dict[str, tuple[str, str]]:
     return found
 
 
-FLAG_FIELDS = _flag_fields()
+FLAG_FIELDS = types.MappingProxyType(flag_fields(RunConfig()))

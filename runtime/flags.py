@@ -19,7 +19,7 @@ from model_configs import RECIPES, get_config, resolve_config
 from runtime.config import RunConfig
 from tfconvnets.config import Section, flag_name
 from tfconvnets.errors import UserError
-from tfconvnets.models import MODEL_SPECS
+from tfconvnets.models import MODEL_SPECS, ModelConfig
 
 _RECIPE_NOTE = " (default: the recipe's)"
 
@@ -42,8 +42,12 @@ def _leaf_fields(config: RunConfig):
                 yield owner, field, name, _base_type(hints[field.name])
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    defaults = get_config(RunConfig().model.arch)
+def define_flags(
+    flag_values: flags.FlagValues = flags.FLAGS, defaults: RunConfig | None = None
+) -> None:
+    """Defines one flag per config field; `defaults` (the default recipe for the default
+    arch unless given) provides the declaration and the defaults shown."""
+    defaults = defaults or get_config(RunConfig().model.arch)
     recipe_fields = _recipe_fields()
     for owner, field, name, kind in _leaf_fields(defaults):
         default = getattr(owner, field.name)
@@ -67,21 +71,20 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def _recipe_fields() -> set[str]:
     """Flags whose value some recipe sets for some arch (their default depends on both)."""
-    plain = RunConfig().flat()
-    return {
-        name
-        for recipe in RECIPES.values()
-        for arch in MODEL_SPECS
-        for name, value in recipe(arch).flat().items()
-        if value != plain[name]
-    }
+    found = set()
+    for arch in MODEL_SPECS:
+        plain = dataclasses.replace(RunConfig(), model=ModelConfig(arch=arch)).flat()
+        for recipe in RECIPES.values():
+            found |= {k for k, v in recipe(arch).flat().items() if k != "recipe" and v != plain[k]}
+    return found
 
 
-def given_values(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
+def given_values(
+    flag_values: flags.FlagValues = flags.FLAGS, defaults: RunConfig | None = None
+) -> dict[str, Any]:
     """The flags given on the command line, converted to their config fields' types."""
-    defaults = RunConfig()
     given: dict[str, Any] = {}
-    for _, field, name, kind in _leaf_fields(defaults):
+    for _, field, name, kind in _leaf_fields(defaults or RunConfig()):
         if not flag_values[name].present:
             continue
         value = flag_values[name].value
