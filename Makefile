@@ -2,7 +2,6 @@
 # (scripts/setup_env.sh is idempotent: it does nothing when the environment is complete).
 VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup demo test lint format
 

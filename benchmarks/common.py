@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tfconvnets.console import hide_tensorflow_cpp_log
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_PREFIX = "BENCHMARK_RESULT "  # a child process's one JSON result line starts with this
 
@@ -140,5 +142,5 @@ def run_child(
 
 
 def quiet_tensorflow() -> None:
-    """Fewer C++ log lines in the benchmark output (set before TensorFlow is imported)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """No C++ log lines in the benchmark output (set before TensorFlow is imported)."""
+    hide_tensorflow_cpp_log()

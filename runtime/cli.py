@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-# TensorFlow's C++ log goes to stderr before any of ours, and on a CPU host it reports the
-# missing GPU as errors ("failed call to cuInit"). Hidden unless the user sets the level
-# (TF_CPP_MIN_LOG_LEVEL=0 shows all of it); TensorFlow's errors still arrive as exceptions.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+from tfconvnets.console import hide_tensorflow_cpp_log
 
 
 def _main(argv: list[str]) -> None:
@@ -35,6 +31,7 @@ def _main(argv: list[str]) -> None:
 
 
 def main() -> None:
+    hide_tensorflow_cpp_log()
     from runtime.flags import define_flags
 
     define_flags()

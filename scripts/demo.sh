@@ -9,7 +9,7 @@ PY=.venv/bin/python
 OUT="${DEMO_DIR:-demo_out}"
 EPOCHS="${DEMO_EPOCHS:-6}"
 NP="${DEMO_NP:-2}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}" HOROVOD_GLOO_IFACE="${HOROVOD_GLOO_IFACE:-lo}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}" HOROVOD_GLOO_IFACE="${HOROVOD_GLOO_IFACE:-lo}"
 start=$(date +%s)
 
 rm -rf "$OUT" && mkdir -p "$OUT"

@@ -234,3 +234,30 @@ def test_the_time_per_step_is_measured_between_display_steps(monkeypatch):
     lines = log.getvalue().splitlines()
     assert lines[0].startswith("epoch 1/2 step 10/100 1.4s/step")
     assert "imgs_per_sec=5.714" in lines[1]  # 8 images per 1.4 s
+
+
+def test_checkpoints_follow_checkpoint_every_not_the_display_steps(tmp_path):
+    config = small_config(
+        tmp_path, num_iter=10, iter_unit="batch", display_every=7, checkpoint_every=4,
+        keep_checkpoints=10, lr_init=0.0, weight_decay=1e-4,
+    )  # fmt: skip
+    make_trainer(config, eval_data=False).train()
+    model_dir = config.loop.model_dir
+    steps = sorted(int(p.name.split("-")[1]) for p in checkpoints.list_checkpoints(model_dir))
+    assert steps == [3, 4, 6, 8, 9, 10]  # every 4 steps, at each epoch end (3), and at the end
+    records = [r for r in read_log(config.run.log_path) if "loss" in r["data"]]
+    assert [r["step"][1] for r in records] == [3, 6, 7, 9, 10]  # display and epoch-end steps
+
+    # With --lr_init=0 the kernels keep their initial values, which the checkpoint holds, so
+    # the logged l2_loss can be recomputed independently: wd * sum(0.5 * ||kernel||^2).
+    _, meta, arrays = checkpoints.latest_valid_checkpoint(model_dir)
+    kernels = [
+        arrays[f"model/{i:05d}"].astype(np.float64)
+        for i, (path, _) in enumerate(meta["model_variables"])
+        if path.endswith("/kernel")
+    ]
+    expected_l2 = 1e-4 * sum(0.5 * np.sum(k**2) for k in kernels)
+    for data in (r["data"] for r in records):
+        assert data["l2_loss"] == pytest.approx(expected_l2, rel=1e-4)
+        assert data["cross_entropy"] == pytest.approx(data["loss"] - expected_l2, rel=1e-4)
+        assert 0.5 < data["cross_entropy"] < 5  # 4 classes: about ln(4) = 1.4 at the start
