@@ -121,6 +121,12 @@ class ComputeConfig(Section):
 
     def _check(self) -> None:
         require(self.intra_op_threads >= 0, "intra_op_threads", "must be >= 0")
+        require(
+            not self.fp16_allreduce or self.loss_scaling,
+            "fp16_allreduce",
+            "needs --amp --amp_dtype=float16: only a loss-scaled gradient survives the cast to "
+            "fp16 (small fp32/bf16 gradients would flush to zero)",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,11 +35,18 @@ class Distributed:
         return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
 
     def average_gradients(self, grads: list, compress_fp16: bool = False) -> list:
-        """Mean over ranks in one fused call; runs outside the XLA-compiled part of the step."""
+        """Mean over ranks in one fused call; runs outside the XLA-compiled part of the step.
+
+        Compressed to fp16, each rank's gradients are divided by the world size before the
+        sum, so the fp16 sum cannot overflow where the mean would not.
+        """
         if self.size == 1:
             return grads
-        compression = hvd.Compression.fp16 if compress_fp16 else hvd.Compression.none
-        return hvd.grouped_allreduce(grads, op=hvd.Average, compression=compression)
+        if compress_fp16:
+            return hvd.grouped_allreduce(
+                grads, op=hvd.Sum, compression=hvd.Compression.fp16, prescale_factor=1.0 / self.size
+            )
+        return hvd.grouped_allreduce(grads, op=hvd.Average)
 
     def sum(self, tensor: tf.Tensor, name: str) -> tf.Tensor:
         if self.size == 1:
@@ -103,11 +110,37 @@ def configure_devices(dist: Distributed, intra_op_threads: int = 0) -> int | Non
     tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
+        check_no_hidden_gpus(count_driver_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"))
         return None
     gpu_id = choose_gpu(len(gpus), dist.local_rank, dist.local_size)
     tf.config.set_visible_devices([gpus[gpu_id]], "GPU")
     tf.config.experimental.set_memory_growth(gpus[gpu_id], True)
     return gpu_id
+
+
+def count_driver_gpus() -> int:
+    """NVIDIA GPUs the kernel driver knows, whatever TensorFlow can use (0 without a driver)."""
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+
+
+def check_no_hidden_gpus(driver_gpus: int, cuda_visible_devices: str | None) -> None:
+    """Refuses to train on the CPU of a GPU host by accident: when the driver shows GPUs but
+    TensorFlow sees none, its CUDA libraries are missing or do not match the driver. Hiding the
+    GPUs on purpose (CUDA_VISIBLE_DEVICES= or -1) is the way to run on the CPU there."""
+    hidden_on_purpose = cuda_visible_devices is not None and cuda_visible_devices.strip() in (
+        "",
+        "-1",
+    )
+    if driver_gpus and not hidden_on_purpose:
+        raise UserError(
+            f"the NVIDIA driver shows {driver_gpus} GPU(s) but TensorFlow sees none: its CUDA "
+            "libraries are missing or do not match the driver (install the GPU flavour: "
+            "TFCONVNETS_FLAVOUR=gpu make setup, or use the Dockerfile); to train on the CPU on "
+            "purpose, set CUDA_VISIBLE_DEVICES="
+        )
 
 
 def choose_gpu(num_gpus: int, local_rank: int, local_size: int) -> int:

@@ -11,7 +11,7 @@ from runtime.config import RunConfig
 from runtime.distributed import Distributed
 from runtime.steps import EvalStep, TrainStep
 from tfconvnets.models import create_model
-from tfconvnets.training import learning_rate_schedule, make_optimizer
+from tfconvnets.training import AtLoopStep, learning_rate_schedule, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +75,9 @@ def build_training(
         steps_per_epoch=schedule.steps_per_epoch,
         cosine=opt.cosine_lr,
     )
+    at_loop_step = AtLoopStep(lr_schedule)
     optimizer = make_optimizer(
-        lr_schedule, momentum=opt.momentum, loss_scaling=config.compute.loss_scaling
+        at_loop_step, momentum=opt.momentum, loss_scaling=config.compute.loss_scaling
     )
     optimizer.build(model.trainable_variables)
     train_step = TrainStep(
@@ -90,6 +91,8 @@ def build_training(
         xla=config.compute.xla,
         fp16_allreduce=config.compute.fp16_allreduce,
         seed=config.loop.seed,
+        xla_apply=config.compute.xla and config.compute.uses_gpu,
+        schedule_step=at_loop_step.step,
     )
     return TrainingParts(schedule, lr_schedule, optimizer, train_step)
 

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from model_configs import get_config
 from runtime import process
 from runtime.checkpointing import CheckpointManager
 from runtime.config import MODES, RunConfig
@@ -33,7 +34,9 @@ def run(config: RunConfig) -> None:
         model_summary(config)
         return
     ctx = process.start(config)
-    ctx.reporter.parameters({**ctx.config.flat(), "world_size": ctx.dist.size})
+    ctx.reporter.parameters(
+        {**ctx.config.flat(), "world_size": ctx.dist.size}, _headline(ctx.config, ctx.dist.size)
+    )
     try:
         for results in MODE_FUNCTIONS[config.run.mode](ctx):
             ctx.reporter.summary(results)
@@ -44,6 +47,18 @@ def run(config: RunConfig) -> None:
 
 
 # --- shared pieces ------------------------------------------------------------------------
+
+
+def _headline(config: RunConfig, world_size: int) -> str:
+    """The recipe, and every value that differs from it (the full list is in the log)."""
+    recipe = get_config(config.model.arch, config.recipe).flat()
+    changed = {k: v for k, v in config.flat().items() if v != recipe.get(k) and v is not None}
+    shown = " ".join(f"{k}={v}" for k, v in sorted(changed.items()) if k not in ("arch", "recipe"))
+    return (
+        f"{config.model.arch}, recipe {config.recipe}, {world_size} process(es), mode "
+        f"{config.run.mode}; changed: {shown or 'nothing'} (all values: DLLogger PARAMETER "
+        "record, or --verbosity=1)"
+    )
 
 
 def pipeline(

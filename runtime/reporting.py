@@ -81,12 +81,15 @@ class Reporter:
         self._schedule = None
         self._last: tuple[int, float] | None = None
 
-    def parameters(self, params: dict) -> None:
+    def parameters(self, params: dict, headline: str) -> None:
+        """The whole configuration goes to the DLLogger log (and the console at --verbosity=1);
+        the console's INFO line shows `headline`, what this run changed."""
         if not self.enabled:
             return
         self.dllogger.parameters(params)
-        logging.info(
-            "configuration:\n%s", "\n".join(f"  {k} = {v}" for k, v in sorted(params.items()))
+        logging.info("configuration: %s", headline)
+        logging.debug(
+            "full configuration:\n%s", "\n".join(f"  {k} = {v}" for k, v in sorted(params.items()))
         )
 
     def start_training(self, schedule, start_step: int, end_step: int) -> None:

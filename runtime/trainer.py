@@ -88,7 +88,12 @@ class Trainer:
     def _run_steps(self, step: int, end: int, clock: ThroughputClock) -> int:
         """Steps until `end`, with the periodic work at display, checkpoint and epoch steps."""
         preemption = PreemptionSignal()
-        data = iter(self.train_data.dataset)
+        dataset = self.train_data.dataset
+        if self.config.compute.uses_gpu and not self.train_data.on_gpu:
+            # Host batches (tf.data, synthetic, DALI on the CPU) are copied to the GPU ahead of
+            # the step, not from pageable memory inside it.
+            dataset = dataset.apply(tf.data.experimental.prefetch_to_device("/gpu:0", 2))
+        data = iter(dataset)
         if clock.at_warmup_end(step):
             clock.start(step)
         losses = None
@@ -118,7 +123,7 @@ class Trainer:
             return
         self.numerics.check(step, self.checkpoints.last_saved)
         if display:
-            lr = float(self.lr_schedule(self.optimizer.iterations))
+            lr = float(self.lr_schedule(step - 1))  # the rate the step just taken used
             self.reporter.step(step, loss_scalars(losses), lr)
         with clock.paused():
             if checkpoint:

@@ -167,6 +167,11 @@ BAD = [
     (dict(mode="evaluate", data_backend="synthetic"), "--model_dir is required"),
     (dict(finetune_checkpoint="/no/ckpt"), "--finetune_checkpoint: /no/ckpt is not a directory"),
     (dict(no_such_option=1), "unknown option(s): --no_such_option"),
+    (dict(fp16_allreduce=True), "--fp16_allreduce: needs --amp --amp_dtype=float16"),
+    (
+        dict(fp16_allreduce=True, amp=True, amp_dtype="bfloat16"),
+        "--fp16_allreduce: needs --amp --amp_dtype=float16",
+    ),
 ]
 
 

@@ -261,3 +261,66 @@ def test_checkpoints_follow_checkpoint_every_not_the_display_steps(tmp_path):
         assert data["l2_loss"] == pytest.approx(expected_l2, rel=1e-4)
         assert data["cross_entropy"] == pytest.approx(data["loss"] - expected_l2, rel=1e-4)
         assert 0.5 < data["cross_entropy"] < 5  # 4 classes: about ln(4) = 1.4 at the start
+
+
+def test_the_learning_rate_follows_the_loop_step_when_fp16_skips_a_step(tmp_path):
+    """The loss-scale optimizer does not count a skipped step; the schedule must not lag."""
+    import keras
+
+    from runtime.factory import build_training
+
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        config = small_config(
+            tmp_path, amp=True, amp_dtype="float16", num_iter=10, iter_unit="batch"
+        )
+        parts = build_training(config, SINGLE, tiny_model(config), steps_per_epoch=STEPS_PER_EPOCH)
+        images = np.random.default_rng(0).normal(size=(BATCH, SIZE, SIZE, 3)).astype(np.float32)
+        labels = tf.constant([0, 1])
+        for step in range(4):
+            batch = images.copy()
+            if step == 1:
+                batch[0, 0, 0, 0] = np.nan  # this step is skipped
+            parts.train_step(tf.constant(batch, tf.float16), labels, tf.constant(step, tf.int64))
+        # The NaN step (and any the initial 2^15 scale overflowed) did not count...
+        counted = int(parts.optimizer.iterations.numpy())
+        assert counted < 4
+        used = float(parts.optimizer.learning_rate.numpy())
+        assert used == pytest.approx(float(parts.lr_schedule(3)))  # ...the rate is the loop's
+        assert used != pytest.approx(float(parts.lr_schedule(counted)))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_the_xla_compiled_update_applies_the_same_step(tmp_path):
+    """On a GPU the optimizer update runs as a second XLA function; it must change nothing."""
+    from runtime.factory import build_training
+
+    config = small_config(tmp_path, num_iter=10, iter_unit="batch")
+    weights = []
+    for xla_apply in (False, True):
+        model = tiny_model(config)
+        parts = build_training(config, SINGLE, model, steps_per_epoch=STEPS_PER_EPOCH)
+        step = type(parts.train_step)(
+            model, parts.optimizer, SINGLE, num_classes=CLASSES, weight_decay=1e-4,
+            label_smoothing=0.1, mixup_alpha=0.0, xla=False, fp16_allreduce=False, seed=0,
+            xla_apply=xla_apply,
+        )  # fmt: skip
+        images = tf.random.stateless_normal([BATCH, SIZE, SIZE, 3], seed=[1, 2])
+        for i in range(2):
+            step(images, tf.constant([0, 1]), tf.constant(i, tf.int64))
+        weights.append([v.numpy() for v in model.trainable_variables])
+    for plain, compiled in zip(*weights, strict=True):
+        np.testing.assert_allclose(plain, compiled, rtol=1e-4, atol=1e-6)
+
+
+def test_a_gpu_host_whose_gpus_tensorflow_cannot_see_is_refused():
+    from runtime.distributed import check_no_hidden_gpus
+
+    check_no_hidden_gpus(0, None)  # a CPU host
+    check_no_hidden_gpus(8, "")  # GPUs hidden on purpose
+    check_no_hidden_gpus(8, "-1")
+    with pytest.raises(UserError, match="the NVIDIA driver shows 8 GPU.* TensorFlow sees none"):
+        check_no_hidden_gpus(8, None)
+    with pytest.raises(UserError, match="shows 2 GPU"):
+        check_no_hidden_gpus(2, "0,1")

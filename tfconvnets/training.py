@@ -54,6 +54,25 @@ def learning_rate_schedule(
     return WarmupPiecewiseConstant(peak, warmup_steps, boundaries)
 
 
+class AtLoopStep(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule` evaluated at the training loop's step rather than the optimizer's.
+
+    Under float16 the loss-scale optimizer skips non-finite steps without advancing its
+    `iterations`, so a schedule read at `iterations` would fall behind the loop by every skipped
+    step. The train step sets `step` before each update.
+    """
+
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule) -> None:
+        self.schedule = schedule
+        self.step = tf.Variable(0, trainable=False, dtype=tf.int64, name="loop_step")
+
+    def __call__(self, _optimizer_iterations):
+        return self.schedule(self.step)
+
+    def get_config(self) -> dict:
+        return {"schedule": self.schedule.get_config()}
+
+
 def make_optimizer(
     schedule: keras.optimizers.schedules.LearningRateSchedule,
     *,

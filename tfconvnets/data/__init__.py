@@ -91,6 +91,7 @@ class Pipeline:
     num_examples: int  # records in the split, all shards together
     shard_examples: int  # records this shard sees per epoch
     steps_per_epoch: int  # train: max(1, N // (B * shards)); eval: ceil(shard_examples / B)
+    on_gpu: bool = False  # batches already arrive in GPU memory (DALI's GPU training pipeline)
 
 
 def train_steps(num_examples: int, batch_size: int, num_shards: int) -> int:

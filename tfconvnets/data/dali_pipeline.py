@@ -214,7 +214,7 @@ def build(
         steps,
     )
     if on_gpu:
-        return Pipeline(ds, plan.num_examples, plan.shard_examples, steps)
+        return Pipeline(ds, plan.num_examples, plan.shard_examples, steps, on_gpu=True)
 
     def finish(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         labels = records.check_labels(labels, config.num_classes, config.data_dir, split)
