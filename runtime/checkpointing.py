@@ -7,6 +7,8 @@ the values, keep the newest N, stop rather than save a non-finite state.
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,10 @@ from runtime.preemption import NONFINITE_EXIT_CODE, TrainingStopped
 from tfconvnets import checkpoints
 from tfconvnets.errors import UserError
 from tfconvnets.finetune import load_pretrained
+
+# Left next to the checkpoint by a run that stopped for preemption, removed by the next start.
+# Launchers that lose the workers' exit code 75 (horovodrun exits 1) are told apart by it.
+PREEMPTED_FILE = "PREEMPTED"
 
 
 class CheckpointManager:
@@ -56,6 +62,8 @@ class CheckpointManager:
         return int(outcome[1])
 
     def _restore_on_chief(self, model, optimizer_variables, required, finetune_checkpoint):
+        if optimizer_variables is not None and self.model_dir is not None:
+            (self.model_dir / PREEMPTED_FILE).unlink(missing_ok=True)  # a new training start
         found = checkpoints.latest_valid_checkpoint(self.model_dir) if self.model_dir else None
         if found is None:
             if self.model_dir and checkpoints.list_checkpoints(self.model_dir):
@@ -101,3 +109,11 @@ class CheckpointManager:
         checkpoints.prune_checkpoints(self.model_dir, self.keep)
         self.last_saved = path
         logging.info("saved checkpoint %s", path)
+
+    def mark_preempted(self, step: int, signum: int | None) -> None:
+        """Records, next to the checkpoint just saved, that the run stopped for preemption."""
+        if not self.dist.is_chief or self.model_dir is None:
+            return
+        name = signal.Signals(signum).name if signum else "a signal on another rank"
+        record = {"step": step, "signal": name, "checkpoint": str(self.last_saved)}
+        (self.model_dir / PREEMPTED_FILE).write_text(json.dumps(record) + "\n")

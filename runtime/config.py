@@ -94,6 +94,14 @@ class ComputeConfig(Section):
     )
     fp16_allreduce: bool = option(False, "Compress gradients to fp16 for the allreduce.")
     intra_op_threads: int = option(0, "CPU threads per process (0: cores / local ranks).")
+    stall_check_seconds: int = option(
+        60,
+        "Horovod's stall inspector: when a collective has waited this long for some ranks, "
+        "name them in the log (0: no check).",
+    )
+    stall_shutdown_seconds: int = option(
+        900, "End the job when a collective has waited this long for a stalled rank (0: never)."
+    )
     gpu_id: int | None = option(
         None, "This rank's CUDA ordinal, set once devices are configured.", flag=False
     )
@@ -121,6 +129,14 @@ class ComputeConfig(Section):
 
     def _check(self) -> None:
         require(self.intra_op_threads >= 0, "intra_op_threads", "must be >= 0")
+        require(self.stall_check_seconds >= 0, "stall_check_seconds", "must be >= 0")
+        require(
+            self.stall_shutdown_seconds == 0
+            or self.stall_check_seconds
+            and self.stall_shutdown_seconds > self.stall_check_seconds,
+            "stall_shutdown_seconds",
+            "must be 0 (never) or longer than --stall_check_seconds (the check must run first)",
+        )
         require(
             not self.fp16_allreduce or self.loss_scaling,
             "fp16_allreduce",

@@ -30,7 +30,13 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def init(cls) -> Distributed:
+    def init(cls, *, stall_check_seconds: int = 60, stall_shutdown_seconds: int = 0) -> Distributed:
+        """Joins the Horovod job. A rank that stops taking part (stuck but alive) is named by
+        Horovod's stall inspector after `stall_check_seconds`, and the job ends after
+        `stall_shutdown_seconds` (read by Horovod from its environment at init)."""
+        os.environ["HOROVOD_STALL_CHECK_DISABLE"] = "0" if stall_check_seconds else "1"
+        os.environ["HOROVOD_STALL_CHECK_TIME_SECONDS"] = str(stall_check_seconds or 60)
+        os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = str(stall_shutdown_seconds)
         hvd.init()
         return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
 

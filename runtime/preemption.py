@@ -17,9 +17,13 @@ class TrainingStopped(Exception):
 
 
 class PreemptionSignal:
-    """Turns SIGTERM / SIGINT into a flag that the loop checks at step boundaries."""
+    """Turns SIGTERM, SIGINT and SIGUSR1 into a flag that the loop checks at step boundaries.
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGUSR1 is what a scheduler's advance warning sends (Slurm `--signal=B:USR1@120`), and what
+    NVIDIA's code also treated as a stop signal.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
     def __init__(self) -> None:
         self.received: int | None = None

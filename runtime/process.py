@@ -26,7 +26,10 @@ class Context:
 def start(config: RunConfig) -> Context:
     """Joins the job, takes this rank's devices, and resolves what depends on them (XLA is on
     with a GPU and off on a CPU unless --xla/--noxla says otherwise)."""
-    dist = Distributed.init()
+    dist = Distributed.init(
+        stall_check_seconds=config.compute.stall_check_seconds,
+        stall_shutdown_seconds=config.compute.stall_shutdown_seconds,
+    )
     gpu_id = configure_devices(dist, config.compute.intra_op_threads)
     xla = gpu_id is not None if config.compute.xla is None else config.compute.xla
     config = dataclasses.replace(config, compute=config.compute.replace(xla=xla, gpu_id=gpu_id))

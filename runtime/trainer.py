@@ -132,6 +132,7 @@ class Trainer:
                 self._evaluate(step)
         if self.dist.any(preemption.received is not None, name="preempted"):
             self.save_checkpoint(step)
+            self.checkpoints.mark_preempted(step, preemption.received)
             raise TrainingStopped(
                 f"preempted by a signal at step {step}; checkpoint saved in "
                 f"{self.config.loop.model_dir}; run the same command to resume",

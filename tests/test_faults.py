@@ -5,6 +5,8 @@ Each test here backs one row of the README's fault table.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import re
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.checkpointing import PREEMPTED_FILE
 from tests.launch import HOROVODRUN, REPO_ROOT, run, subprocess_env
 from tfconvnets import checkpoints
 
@@ -108,12 +111,15 @@ def test_sigterm_to_one_worker_checkpoints_and_resumes_to_the_same_weights(tmp_p
     stopped_at = int(re.search(r"preempted by a signal at step (\d+)", output).group(1))
     assert 2 <= stopped_at < 24
     assert checkpoints.list_checkpoints(interrupted)[0].name == f"ckpt-{stopped_at:09d}"
+    marker = json.loads((interrupted / PREEMPTED_FILE).read_text())
+    assert marker["step"] == stopped_at
 
     resumed = subprocess.run(
         cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resumed at step {stopped_at}" in resumed.stdout + resumed.stderr
+    assert not (interrupted / PREEMPTED_FILE).exists()  # a new start clears the mark
 
     meta_a, arrays_a = final_arrays(reference)
     meta_b, arrays_b = final_arrays(interrupted)
@@ -136,7 +142,8 @@ def test_sigterm_to_one_worker_checkpoints_and_resumes_to_the_same_weights(tmp_p
         )
 
 
-def test_sigint_to_a_single_process_exits_75_with_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1], ids=["SIGINT", "SIGUSR1"])
+def test_sigint_or_a_schedulers_sigusr1_exits_75_with_a_checkpoint(signum, tmp_path):
     proc = start(
         [
             sys.executable,
@@ -149,11 +156,77 @@ def test_sigint_to_a_single_process_exits_75_with_a_checkpoint(tmp_path):
     )
     lines: list[str] = []
     wait_for_step(proc, 2, lines)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     output = "".join(lines) + proc.communicate(timeout=120)[0]
     assert proc.returncode == 75, output[-2000:]
     step = int(re.search(r"preempted by a signal at step (\d+)", output).group(1))
     assert checkpoints.list_checkpoints(tmp_path)[0].name == f"ckpt-{step:09d}"
+    assert json.loads((tmp_path / PREEMPTED_FILE).read_text())["signal"] == signum.name
+
+
+@pytest.mark.slow
+def test_a_cancelled_job_script_checkpoints_and_exits_75_through_tfconvnets_launch(tmp_path):
+    """A scheduler signals the job script. `horovodrun` alone would end its workers within
+    Horovod's 5 s grace and exit 1; `tfconvnets-launch` forwards the signal to the workers,
+    which checkpoint, and exits 75 so that a requeue rule can tell preemption from failure."""
+    launch = str(Path(sys.executable).with_name("tfconvnets-launch"))
+    proc = start(
+        [
+            launch, "--", *horovod_cmd(
+                [*SYNTHETIC_TRAIN, "--num_iter=100000", "--display_every=1", f"--model_dir={tmp_path}"]
+            ),
+        ]
+    )  # fmt: skip
+    lines: list[str] = []
+    wait_for_step(proc, 2, lines)
+    proc.send_signal(signal.SIGTERM)
+    output = "".join(lines) + proc.communicate(timeout=300)[0]
+    assert "SIGTERM forwarded to 2 training process(es) as SIGUSR1" in output
+    assert proc.returncode == 75, output[-3000:]
+    marker = json.loads((tmp_path / PREEMPTED_FILE).read_text())
+    assert marker["signal"] == "SIGUSR1"
+    assert checkpoints.list_checkpoints(tmp_path)[0].name == f"ckpt-{marker['step']:09d}"
+
+
+def test_the_launch_wrapper_passes_other_exit_codes_on(tmp_path):
+    from runtime.launch import exit_code, main, model_dir_of
+
+    assert main(["--", sys.executable, "-c", "raise SystemExit(3)"]) == 3
+    assert main([sys.executable, "-c", "pass"]) == 0
+    assert model_dir_of(["python", "main.py", "--model_dir", "/a"]) == Path("/a")
+    assert model_dir_of(["python", "main.py", "--model_dir=/b"]) == Path("/b")
+    (tmp_path / PREEMPTED_FILE).write_text("{}")
+    assert exit_code(1, tmp_path, started=0.0) == 75
+    assert exit_code(1, tmp_path, started=time.time() + 60) == 1  # an old mark does not count
+
+
+@pytest.mark.slow
+def test_a_stuck_worker_is_named_and_the_job_ends(tmp_path):
+    """SIGSTOP keeps a worker alive but silent: Horovod's stall inspector names it, then ends
+    the job after --stall_shutdown_seconds instead of waiting for ever."""
+    proc = start(
+        horovod_cmd(
+            [
+                *SYNTHETIC_TRAIN, "--num_iter=100000", "--display_every=1",
+                f"--model_dir={tmp_path}", "--stall_check_seconds=5", "--stall_shutdown_seconds=20",
+            ]
+        )
+    )  # fmt: skip
+    lines: list[str] = []
+    wait_for_step(proc, 2, lines)
+    stuck = worker_pids(proc)[-1]
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        output = "".join(lines) + proc.communicate(timeout=240)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the job did not end within 240 s of a worker getting stuck")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "Missing ranks:" in output, output[-3000:]
+    assert re.search(r"Missing ranks:\s*\n.*\b1: \[", output), output[-3000:]
 
 
 @pytest.mark.slow
