@@ -1,8 +1,8 @@
 """Every command line with which NVIDIA's TF1 ConvNets launch scripts start `main.py`.
 
 Source: NVIDIA DeepLearningExamples (https://github.com/NVIDIA/DeepLearningExamples),
-directory `TensorFlow/Classification/ConvNets`, read at commit 729963dd47e7c8bd462ad10bfac7a7b0b604e6dd (2024-04-04) and at
-every earlier commit that changed a script under `resnet50v1.5/`, `resnext101-32x4d/` or
+directory `TensorFlow/Classification/ConvNets`, read at commit
+729963dd47e7c8bd462ad10bfac7a7b0b604e6dd (2024-04-04) and at every earlier commit that changed a script under `resnet50v1.5/`, `resnext101-32x4d/` or
 `se-resnext101-32x4d/`, back to `fed7ba99cde9` (2020-06-12, when the directory was created).
 This covers `training/*.sh`, the 2020 `training/{AMP,FP16,FP32,QAT}/*.sh` and `GENERIC.sh`,
 `inference_benchmark.sh` and `training/training_perf.sh`. Each distinct version of a script
@@ -15,8 +15,8 @@ are what the shell really passed, after its own expansion, in order. This is dat
 their script text.
 
 Placeholders in `argv` (fill them with `str.format`):
-  {workspace}    the script's WORKSPACE argument (training scripts: results go to
-                  `{workspace}/results`)
+  {workspace}    the script's WORKSPACE argument (results go to `{workspace}/results`;
+                  the 2020 ResNeXt/SE-ResNeXt GENERIC.sh uses `{workspace}` itself)
   {data_dir}     the script's DATA_DIR argument. For training scripts this is the
                   parent of `tfrecords/` and `dali_idx/`. For inference_benchmark.sh it is
                   the TFRecord directory itself. For the QAT script it is `$2`.
