@@ -57,7 +57,7 @@ def start(cmd: list[str]) -> subprocess.Popen:
 
 
 def wait_for_step(
-    proc: subprocess.Popen, minimum: int, lines: list[str], timeout: float = 300
+    proc: subprocess.Popen, minimum: int, lines: list[str], timeout: float = 900
 ) -> int:
     """Reads the job's output until rank 0 logs a step >= minimum; returns that step."""
     deadline = time.time() + timeout
