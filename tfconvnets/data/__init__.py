@@ -22,7 +22,8 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING
 
-from tfconvnets.data.records import SPLITS, diagnose_corrupt_records
+from tfconvnets.data.layouts import LAYOUTS as FOLDER_LAYOUTS
+from tfconvnets.data.records import SPLITS
 from tfconvnets.errors import UserError
 
 if TYPE_CHECKING:
@@ -31,9 +32,11 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKENDS",
     "DTYPES",
+    "DATA_LAYOUTS",
     "DataConfig",
     "Pipeline",
     "build_pipeline",
+    "class_names",
     "diagnose_corrupt_records",
     "eval_steps",
     "load_eval_image",
@@ -41,6 +44,7 @@ __all__ = [
 ]
 
 BACKENDS = ("dali", "tf", "synthetic")
+DATA_LAYOUTS = ("auto", "tfrecord", *FOLDER_LAYOUTS)
 DTYPES = ("float32", "float16", "bfloat16")
 DALI_DEVICES = ("auto", "cpu", "gpu")
 
@@ -61,6 +65,10 @@ class DataConfig:
     random_flip: bool = True  # random horizontal flip in training
     skip_corrupt: bool = False  # skip and count undecodable records instead of failing
     dtype: str = "float32"  # dtype of output images ("float16"/"bfloat16" under AMP)
+    # What --data_dir holds: "auto" (detected and logged), "tfrecord" (shards), or images read
+    # straight from "folders" (train/<class>/, validation/<class>/), "ilsvrc2012" (extracted
+    # official release: train/<wnid>/, flat val/ + devkit) or "kaggle" (ILSVRC/Data/CLS-LOC).
+    data_layout: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +99,10 @@ def _validate(
     if config.dali_device not in DALI_DEVICES:
         raise UserError(
             f"--dali_device={config.dali_device}: expected one of {', '.join(DALI_DEVICES)}"
+        )
+    if config.data_layout not in DATA_LAYOUTS:
+        raise UserError(
+            f"--data_layout={config.data_layout}: expected one of {', '.join(DATA_LAYOUTS)}"
         )
     if batch_size < 1:
         raise UserError(f"--batch_size={batch_size}: must be >= 1")
@@ -138,6 +150,29 @@ def build_pipeline(
     from tfconvnets.data import dali_pipeline
 
     return dali_pipeline.build(config, gpu_id=gpu_id, **kwargs)
+
+
+def diagnose_corrupt_records(
+    data_dir: str, split: str, num_classes: int | None = None, data_layout: str = "auto"
+) -> list[str]:
+    """Names every bad record (or image file, for folder layouts) of a split, one per line.
+
+    See ``records.diagnose_corrupt_records``; for folders: ``<file>: image does not decode``.
+    """
+    from tfconvnets.data import records, sources
+
+    layout = sources.resolve_layout(data_dir, data_layout)
+    if layout == sources.TFRECORD:
+        return records.diagnose_corrupt_records(data_dir, split, num_classes)
+    return sources.diagnose_files(data_dir, layout, split)
+
+
+def class_names(data_dir: str, num_classes: int, data_layout: str = "auto") -> list[str] | None:
+    """Human-readable class names of ``data_dir`` (labels.txt or the folder layout's), index =
+    0-based label; None if there are not ``num_classes`` of them. For --mode=predict."""
+    from tfconvnets.data import sources
+
+    return sources.class_names(data_dir, num_classes, data_layout)
 
 
 def load_eval_image(path: str, image_size: int, dtype: str = "float32") -> tf.Tensor:
