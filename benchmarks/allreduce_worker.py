@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
-
 
 from benchmarks.common import quiet_tensorflow
 
@@ -38,24 +35,23 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
+    from model_configs import resolve_config
     from runtime.distributed import Distributed, configure_devices
+    from runtime.factory import build_model, build_training
     from runtime.steps import TrainStep
-    from tfconvnets.models import create_model
-    from tfconvnets.training import make_optimizer
 
     dist = Distributed.init()
     configure_devices(dist)  # the product's split of the cores between local ranks
     local = Distributed(rank=dist.rank, size=1, local_rank=0, local_size=1)  # no allreduce
     size = args.image_size
 
+    config = resolve_config(
+        mode="training_benchmark", arch=args.arch, image_size=size,
+        batch_size=args.batch_size, num_classes=1000, xla=False,
+    )  # fmt: skip
+
     def make_step(d: Distributed) -> TrainStep:
-        model = create_model(args.arch, 1000, input_shape=(size, size, 3), seed=0)
-        optimizer = make_optimizer(0.1, momentum=0.875, loss_scaling=False)
-        optimizer.build(model.trainable_variables)
-        return TrainStep(
-            model, optimizer, d, num_classes=1000, weight_decay=3.0517578125e-05,
-            label_smoothing=0.1, mixup_alpha=0.0, xla=False, fp16_allreduce=False, seed=0,
-        )  # fmt: skip
+        return build_training(config, d, build_model(config), steps_per_epoch=10_000).train_step
 
     compute_step, full_step = make_step(local), make_step(dist)
     shapes = [tuple(v.shape) for v in compute_step._model.trainable_variables]

@@ -24,7 +24,6 @@ import os
 import sys
 import time
 
-
 from benchmarks.common import (
     emit_result,
     print_table,
@@ -32,9 +31,10 @@ from benchmarks.common import (
     run_child,
     write_json,
 )
-from model_configs import RECIPES
+from model_configs import get_config
+from tfconvnets.models import MODEL_SPECS
 
-ARCHS = tuple(RECIPES)
+ARCHS = tuple(MODEL_SPECS)
 POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 GOAL_IPS = 3000  # resnet50, mixed precision, one H100
 JAX_FP16_LOSS_SCALE = 1024.0  # static: the JAX step has no dynamic loss scaling
@@ -42,12 +42,12 @@ JAX_FP16_LOSS_SCALE = 1024.0  # static: the JAX step has no dynamic loss scaling
 
 def recipe_hyperparameters(arch: str, batch_size: int) -> dict:
     """The arch's recipe (model_configs) at this batch: LR scaled per 256 images, no warm-up."""
-    recipe = RECIPES[arch]
+    recipe = get_config(arch).optimization
     return {
-        "learning_rate": recipe["lr_init"] * batch_size / 256,
-        "momentum": recipe["momentum"],
-        "label_smoothing": recipe["label_smoothing"],
-        "weight_decay": recipe["weight_decay"],
+        "learning_rate": recipe.lr_init * batch_size / 256,
+        "momentum": recipe.momentum,
+        "label_smoothing": recipe.label_smoothing,
+        "weight_decay": recipe.weight_decay,
     }
 
 
@@ -82,10 +82,9 @@ def tensorflow_child(spec: dict) -> dict:
     import keras
     import tensorflow as tf
 
+    from model_configs import resolve_config
     from runtime.distributed import Distributed
-    from runtime.steps import TrainStep
-    from tfconvnets.models import create_model
-    from tfconvnets.training import make_optimizer
+    from runtime.factory import build_model, build_training
 
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
@@ -97,17 +96,15 @@ def tensorflow_child(spec: dict) -> dict:
     )
     keras.mixed_precision.set_dtype_policy(POLICIES[spec["precision"]])
     size, batch = spec["image_size"], spec["batch_size"]
-    hp = recipe_hyperparameters(spec["arch"], batch)
-    model = create_model(spec["arch"], 1000, input_shape=(size, size, 3), seed=0)
-    optimizer = make_optimizer(
-        hp["learning_rate"], momentum=hp["momentum"], loss_scaling=spec["precision"] == "fp16"
-    )
-    optimizer.build(model.trainable_variables)
-    step = TrainStep(
-        model, optimizer, Distributed(rank=0, size=1, local_rank=0, local_size=1),
-        num_classes=1000, weight_decay=hp["weight_decay"], label_smoothing=hp["label_smoothing"],
-        mixup_alpha=0.0, xla=True, fp16_allreduce=False, seed=0,
+    # The arch's recipe at this batch, without LR warm-up; XLA on, as on a GPU.
+    config = resolve_config(
+        mode="training_benchmark", arch=spec["arch"], image_size=size, batch_size=batch,
+        num_classes=1000, xla=True, amp=spec["precision"] != "fp32",
+        amp_dtype="bfloat16" if spec["precision"] == "bf16" else "float16", lr_warmup_epochs=0,
     )  # fmt: skip
+    model = build_model(config)
+    dist = Distributed(rank=0, size=1, local_rank=0, local_size=1)
+    step = build_training(config, dist, model, steps_per_epoch=10_000).train_step
     dtype = keras.mixed_precision.dtype_policy().compute_dtype
     images = tf.cast(tf.random.normal([batch, size, size, 3], seed=0), dtype)
     labels = tf.random.uniform([batch], 0, 1000, dtype=tf.int32, seed=0)

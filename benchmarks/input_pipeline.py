@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
-
 
 from benchmarks.common import print_table, write_json
 from tfconvnets.data import DataConfig

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 
-
 from benchmarks.common import (
     REPO_ROOT,
     RESULT_PREFIX,
@@ -29,10 +28,10 @@ from benchmarks.common import (
     quiet_tensorflow,
     write_json,
 )
-from model_configs import RECIPES
+from tfconvnets.models import MODEL_SPECS
 
 GIB = 1024**3
-ARCHS = tuple(RECIPES)
+ARCHS = tuple(MODEL_SPECS)
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,11 +68,9 @@ def child(spec: dict) -> None:
     quiet_tensorflow()
     import tensorflow as tf
 
-    from runtime.config import resolve_config
+    from model_configs import resolve_config
     from runtime.distributed import Distributed, configure_devices
-    from runtime.modes import build_model
-    from runtime.steps import TrainStep
-    from tfconvnets.training import make_optimizer
+    from runtime.factory import build_model, build_training
 
     dist = Distributed(rank=0, size=1, local_rank=0, local_size=1)
     uses_gpu = configure_devices(dist) is not None
@@ -85,16 +82,10 @@ def child(spec: dict) -> None:
         xla=uses_gpu,  # the product's default: XLA only with a GPU
     )
     model = build_model(config)
-    optimizer = make_optimizer(0.1, momentum=config.momentum, loss_scaling=False)
-    optimizer.build(model.trainable_variables)
-    step = TrainStep(
-        model, optimizer, dist, num_classes=config.num_classes,
-        weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
-        mixup_alpha=0.0, xla=config.xla, fp16_allreduce=False, seed=0,
-    )  # fmt: skip
+    step = build_training(config, dist, model, steps_per_epoch=1000).train_step
     size = spec["image_size"]
     images = tf.random.normal([spec["batch"], size, size, 3], seed=0)
-    labels = tf.random.uniform([spec["batch"]], 0, config.num_classes, tf.int32, seed=0)
+    labels = tf.random.uniform([spec["batch"]], 0, config.data.num_classes, tf.int32, seed=0)
     rss_model = rss_bytes()
     start = time.perf_counter()
     for i in range(spec["steps"]):
@@ -104,8 +95,8 @@ def child(spec: dict) -> None:
             "rss_after_build_gib": rss_model / GIB,
             "maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
             "seconds_per_step": (time.perf_counter() - start) / spec["steps"],
-            "grouped_conv": config.grouped_conv,
-            "xla": config.xla,
+            "grouped_conv": config.compute.grouped_conv,
+            "xla": config.compute.xla,
         }
     )
 

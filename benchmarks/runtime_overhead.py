@@ -20,10 +20,8 @@ import argparse
 import dataclasses
 import os
 import statistics
-import sys
 import tempfile
 import time
-
 
 from benchmarks.common import print_table, quiet_tensorflow, spread, write_json
 
@@ -61,12 +59,10 @@ def install_cpu_clock(cpu_seconds: list[float]) -> None:
 
 def build_product(args: argparse.Namespace, log_dir: str):
     """The product's Trainer, set up as runtime.modes.run + training_benchmark do."""
-    import keras
-
-    from runtime.config import resolve_config
-    from runtime.distributed import Distributed, configure_devices
-    from runtime.modes import Context, build_model, pipeline
-    from runtime.reporting import Reporter
+    from model_configs import resolve_config
+    from runtime import process
+    from runtime.factory import build_model
+    from runtime.modes import pipeline
     from runtime.trainer import Trainer
 
     config = resolve_config(
@@ -81,22 +77,11 @@ def build_product(args: argparse.Namespace, log_dir: str):
         results_dir=log_dir,
         progress_bar=args.progress_bar,
     )
-    dist = Distributed.init()
-    gpu_id = configure_devices(dist, config.intra_op_threads)
-    xla = gpu_id is not None if config.xla is None else config.xla
-    config = dataclasses.replace(config, xla=xla, gpu_id=gpu_id, model_dir=None)
-    keras.mixed_precision.set_dtype_policy(config.dtype_policy)
-    keras.utils.set_random_seed(config.seed)
-    reporter = Reporter(
-        enabled=dist.is_chief,
-        log_path=config.log_path,
-        tensorboard_dir=None,  # training_benchmark is not a TRAINING_MODE: no TensorBoard
-        progress_bar=config.progress_bar,
-    )
-    ctx = Context(config, dist, reporter)
+    ctx = process.start(config)
+    config = dataclasses.replace(ctx.config, loop=ctx.config.loop.replace(model_dir=None))
     train_data = pipeline(ctx, "train", training=True)
-    trainer = Trainer(config, dist, build_model(config), train_data, reporter)
-    return config, trainer, train_data, reporter
+    trainer = Trainer(config, ctx.dist, build_model(config), train_data, ctx.reporter)
+    return config, trainer, train_data, ctx.reporter
 
 
 class MinimalLoop:
@@ -106,25 +91,26 @@ class MinimalLoop:
         import keras
         import tensorflow as tf
 
-        from runtime.modes import build_model
+        from runtime.factory import build_model
         from tfconvnets.training import decayed_kernels, l2_penalty, make_optimizer
 
+        opt = config.optimization
         self.model = build_model(config)
-        self.optimizer = make_optimizer(lr_schedule, momentum=config.momentum, loss_scaling=False)
+        self.optimizer = make_optimizer(lr_schedule, momentum=opt.momentum, loss_scaling=False)
         self.optimizer.build(self.model.trainable_variables)
         kernels = decayed_kernels(self.model)
         loss_fn = keras.losses.CategoricalCrossentropy(
-            from_logits=True, label_smoothing=config.label_smoothing
+            from_logits=True, label_smoothing=opt.label_smoothing
         )
         self.images, self.labels = images, labels
         model, optimizer = self.model, self.optimizer
 
-        @tf.function(jit_compile=config.xla)
+        @tf.function(jit_compile=config.compute.xla)
         def step(images, labels):
             with tf.GradientTape() as tape:
                 logits = model(images, training=True)
-                targets = tf.one_hot(labels, config.num_classes)
-                loss = loss_fn(targets, logits) + l2_penalty(kernels, config.weight_decay)
+                targets = tf.one_hot(labels, config.data.num_classes)
+                loss = loss_fn(targets, logits) + l2_penalty(kernels, opt.weight_decay)
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply(grads, model.trainable_variables)
             return loss
@@ -168,7 +154,7 @@ def loop_costs(trainer, train_data, reporter, repeats: int = 50) -> dict[str, fl
     return {
         "next(data)": per_call(lambda: next(data)),
         "tf.constant(step)": per_call(lambda: tf.constant(7, tf.int64)),
-        "_check_numerics (display step)": per_call(lambda: trainer._check_numerics(7)),
+        "numerics check (display step)": per_call(lambda: trainer.numerics.check(7, None)),
         "lr schedule eval (display step)": per_call(
             lambda: float(trainer.lr_schedule(trainer.optimizer.iterations))
         ),
@@ -247,7 +233,7 @@ def main() -> None:
         ],
         title=(
             f"{args.arch} {args.image_size}px batch {args.batch_size}, fp32, "
-            f"XLA {'on' if config.xla else 'off'}, {args.steps} measured + {args.warmup_steps} "
+            f"XLA {'on' if config.compute.xla else 'off'}, {args.steps} measured + {args.warmup_steps} "
             f"warm-up steps per round, {os.cpu_count()} cores"
         ),
     )

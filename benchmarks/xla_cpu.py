@@ -16,9 +16,7 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
-
 
 from benchmarks.common import (
     emit_result,
@@ -27,9 +25,9 @@ from benchmarks.common import (
     run_child,
     write_json,
 )
-from model_configs import RECIPES
+from tfconvnets.models import MODEL_SPECS
 
-ARCHS = tuple(RECIPES)
+ARCHS = tuple(MODEL_SPECS)
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
 
@@ -54,10 +52,10 @@ def child(spec: dict) -> None:
     import keras
     import tensorflow as tf
 
+    from model_configs import resolve_config
     from runtime.distributed import Distributed, configure_devices
-    from runtime.steps import TrainStep
+    from runtime.factory import build_training
     from tfconvnets.models import create_model
-    from tfconvnets.training import make_optimizer
 
     dist = Distributed(rank=0, size=1, local_rank=0, local_size=1)
     configure_devices(dist)
@@ -77,12 +75,11 @@ def child(spec: dict) -> None:
         model = create_model(
             spec["arch"], 1000, input_shape=(size, size, 3), grouped_conv=grouped_conv, seed=0
         )
-        optimizer = make_optimizer(0.1, momentum=0.875, loss_scaling=False)
-        optimizer.build(model.trainable_variables)
-        step = TrainStep(
-            model, optimizer, dist, num_classes=1000, weight_decay=3.0517578125e-05,
-            label_smoothing=0.1, mixup_alpha=0.0, xla=xla, fp16_allreduce=False, seed=0,
+        config = resolve_config(
+            mode="training_benchmark", arch=spec["arch"], image_size=size, batch_size=batch,
+            num_classes=1000, xla=xla,
         )  # fmt: skip
+        step = build_training(config, dist, model, steps_per_epoch=10_000).train_step
         start = time.perf_counter()
         try:
             step(images, labels, tf.constant(0, tf.int64)).total.numpy()

@@ -1,23 +1,67 @@
-"""One default recipe per architecture (NVIDIA's published 8-GPU recipes), as plain data.
+"""Named recipes (typed `RunConfig` values per arch), and the merge of a recipe with flags.
 
-Command-line flags override any field; `runtime.config.resolve_config` merges them.
+The arch names come from one registry, `tfconvnets.models.MODEL_SPECS`; each recipe module
+checks at import that it covers exactly those.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from model_configs import resnet50, resnext101_32x4d, se_resnext101_32x4d
+from model_configs import nvidia
+from runtime.config import FLAG_FIELDS, MODES_NEEDING_DATA, RunConfig
+from tfconvnets.config import require
+from tfconvnets.errors import UserError
+from tfconvnets.models import MODEL_SPECS
 
-RECIPES: dict[str, dict[str, Any]] = {
-    "resnet50": resnet50.RECIPE,
-    "resnext101-32x4d": resnext101_32x4d.RECIPE,
-    "se-resnext101-32x4d": se_resnext101_32x4d.RECIPE,
-}
+RECIPES: Mapping[str, Callable[[str], RunConfig]] = types.MappingProxyType(
+    {
+        "nvidia-90": nvidia.ninety_epochs,
+        "nvidia-250": nvidia.two_hundred_fifty_epochs,
+    }
+)
+DEFAULT_RECIPE = RunConfig.recipe
 
 
-def get_recipe(arch: str) -> dict[str, Any]:
-    """A copy of `arch`'s default recipe."""
-    if arch not in RECIPES:
-        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(RECIPES)}")
-    return dict(RECIPES[arch])
+def get_config(arch: str, recipe: str = DEFAULT_RECIPE) -> RunConfig:
+    """The recipe's configuration for `arch`, before any flag."""
+    require(arch in MODEL_SPECS, "arch", f"{arch!r} is not one of {', '.join(MODEL_SPECS)}")
+    require(recipe in RECIPES, "recipe", f"{recipe!r} is not one of {', '.join(RECIPES)}")
+    return RECIPES[recipe](arch)
+
+
+def resolve_config(values: Mapping[str, Any] | None = None, **more: Any) -> RunConfig:
+    """The recipe named by `recipe` for `arch`, with `values` (by flag name) set, validated.
+
+    Only what is given overrides the recipe. The data backend defaults to dali with a data
+    dir and to synthetic data for the benchmark modes; a training run without data is an
+    error, never a silent switch to random data. --results_dir defaults to --model_dir.
+    """
+    values = {**(values or {}), **more}
+    unknown = sorted(set(values) - set(FLAG_FIELDS) - {"recipe"})
+    if unknown:
+        raise UserError(f"unknown option(s): {', '.join('--' + n for n in unknown)}")
+    arch = values.get("arch", RunConfig().model.arch)
+    config = get_config(arch, values.get("recipe", DEFAULT_RECIPE)).with_values(values)
+
+    data, mode = config.data, config.run.mode
+    if data.backend is None:
+        if data.data_dir:
+            data = data.replace(backend="dali")
+        elif mode in MODES_NEEDING_DATA:
+            raise UserError(
+                f"--data_dir is required for --mode={mode} (or choose --data_backend=synthetic "
+                "explicitly to run on random data)"
+            )
+        else:
+            data = data.replace(backend="synthetic")
+    run = config.run
+    if run.results_dir is None and config.loop.model_dir:
+        run = run.replace(results_dir=config.loop.model_dir)
+    config = dataclasses.replace(
+        config, data=data.replace(dtype=config.compute.compute_dtype), run=run
+    )
+    return config.validate()

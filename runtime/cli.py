@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import app, flags
+# TensorFlow's C++ log goes to stderr before any of ours, and on a CPU host it reports the
+# missing GPU as errors ("failed call to cuInit"). Hidden unless the user sets the level
+# (TF_CPP_MIN_LOG_LEVEL=0 shows all of it); TensorFlow's errors still arrive as exceptions.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from runtime.flags import config_from_flags, define_flags
-from tfconvnets.errors import UserError
+from absl import app, flags  # noqa: E402
 
 
 def _main(argv: list[str]) -> None:
+    from runtime.flags import config_from_flags
+    from tfconvnets.errors import UserError
+
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        config = config_from_flags(flags.FLAGS)  # checked before TensorFlow is imported
+        config = config_from_flags(flags.FLAGS)
         from runtime.modes import run
-        from runtime.trainer import TrainingStopped
+        from runtime.preemption import TrainingStopped
 
         try:
             run(config)
@@ -29,5 +35,7 @@ def _main(argv: list[str]) -> None:
 
 
 def main() -> None:
+    from runtime.flags import define_flags
+
     define_flags()
     app.run(_main)

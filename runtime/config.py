@@ -1,14 +1,24 @@
-"""The resolved configuration of one run: the arch's recipe, overridden by flags, validated."""
+"""The configuration of one run: typed sections, nested, each field declared once.
+
+The sections of the library (model, data, optimization) and of the runtime (loop, compute,
+run mode) nest into `RunConfig`. Recipes in `model_configs/` are values of it; the absl
+flags are generated from it (`runtime/flags.py`); `model_configs.resolve_config` merges a
+recipe with the flags given and validates the result. No TensorFlow is imported here, so a
+bad flag is reported before TensorFlow loads.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import types
+from collections.abc import Iterator
 from typing import Any
 
-from model_configs import RECIPES, get_recipe
-from tfconvnets.data import BACKENDS as DATA_BACKENDS
-from tfconvnets.errors import UserError
+from tfconvnets.config import Section, flag_name, option, require, require_given
+from tfconvnets.data import DataConfig
+from tfconvnets.models import ModelConfig
+from tfconvnets.optimization import OptimizationConfig
 
 MODES = (
     "train",
@@ -27,59 +37,66 @@ AMP_DTYPES = ("float16", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
-    arch: str = "resnet50"
-    mode: str = "train_and_evaluate"
-    # Data.
-    data_dir: str | None = None
-    data_idx_dir: str | None = None
-    data_backend: str | None = None  # None: dali with --data_dir, synthetic for benchmarks
-    dali_device: str = "auto"
-    num_threads: int = 4
-    crop_area_min: float = 0.08
-    random_flip: bool = True
-    skip_corrupt: bool = False
-    # Recipe (None: from model_configs/<arch>.py).
-    batch_size: int | None = None
-    num_iter: int | None = None
-    iter_unit: str | None = None
-    lr_init: float | None = None
-    lr_warmup_epochs: float | None = None
-    cosine_lr: bool | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    label_smoothing: float | None = None
-    mixup: float | None = None
-    image_size: int | None = None
-    num_classes: int | None = None
-    # Model.
-    zero_init_last_bn: bool = False
-    dropout: float = 0.0
-    # Precision and compilation.
-    xla: bool | None = None  # None: on with a GPU, off on a CPU (slower there, measured)
-    amp: bool = False
-    amp_dtype: str = "float16"
-    fp16_allreduce: bool = False
-    intra_op_threads: int = 0
-    # Run length and bookkeeping.
-    run_iter: int = -1
-    warmup_steps: int = 20
-    eval_every: int = 1  # epochs, in train_and_evaluate
-    checkpoint_every: int = 1000  # steps; checkpoints are also written at each epoch end
-    keep_checkpoints: int = 5
-    max_nonfinite_steps: int = 1
-    model_dir: str | None = None
-    results_dir: str | None = None
-    export_dir: str | None = None
-    finetune_checkpoint: str | None = None
-    log_filename: str = "log.json"
-    display_every: int = 10
-    progress_bar: bool = True
-    tensorboard: bool = True
-    seed: int = 0
-    to_predict: str | None = None
-    inference_batch_sizes: tuple[int, ...] = ()
-    gpu_id: int | None = None  # this rank's CUDA ordinal, set once devices are configured
+class LoopConfig(Section):
+    """How long to train, on what batch, and how the run is checkpointed and logged."""
+
+    batch_size: int = option(256, "Batch size per GPU/process.")
+    num_iter: int = option(90, "Training length in --iter_unit.")
+    iter_unit: str = option("epoch", "Unit of --num_iter.", choices=("epoch", "batch"))
+    run_iter: int = option(-1, "Steps to run in this invocation (-1: to the end).")
+    warmup_steps: int = option(20, "Steps excluded from throughput numbers.")
+    eval_every: int = option(1, "Evaluate every N epochs in train_and_evaluate.")
+    checkpoint_every: int = option(1000, "Checkpoint every N steps (and at each epoch end).")
+    keep_checkpoints: int = option(5, "How many checkpoints to keep.")
+    max_nonfinite_steps: int = option(
+        1, "Stop after this many consecutive non-finite losses (fp16 steps are skipped first)."
+    )
+    display_every: int = option(10, "Log every N steps.")
+    model_dir: str | None = option(
+        None, "Checkpoints and TensorBoard logs; training resumes from here."
+    )
+    finetune_checkpoint: str | None = option(
+        None, "Initialize the model from this checkpoint directory."
+    )
+    seed: int = option(0, "Random seed.")
+
+    def _check(self) -> None:
+        require(self.batch_size > 0, "batch_size", f"must be positive, got {self.batch_size}")
+        require(self.num_iter > 0, "num_iter", f"must be positive, got {self.num_iter}")
+        require(
+            self.run_iter == -1 or self.run_iter > 0, "run_iter", "must be -1 (all) or positive"
+        )
+        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        for name in ("eval_every", "checkpoint_every", "keep_checkpoints", "display_every"):
+            require(getattr(self, name) > 0, name, "must be positive")
+        require(self.max_nonfinite_steps > 0, "max_nonfinite_steps", "must be positive")
+        if self.finetune_checkpoint:
+            require(
+                os.path.isdir(self.finetune_checkpoint),
+                "finetune_checkpoint",
+                f"{self.finetune_checkpoint} is not a directory (a checkpoint, or one holding "
+                "ckpt-* checkpoints)",
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeConfig(Section):
+    """Precision, compilation and devices."""
+
+    xla: bool | None = option(
+        None, "XLA-compile the forward/backward pass (default: on with a GPU, off on a CPU)."
+    )
+    amp: bool = option(False, "Mixed precision (see --amp_dtype).")
+    amp_dtype: str = option(
+        "float16",
+        "Mixed precision compute dtype: float16 (dynamic loss scaling) or bfloat16.",
+        choices=AMP_DTYPES,
+    )
+    fp16_allreduce: bool = option(False, "Compress gradients to fp16 for the allreduce.")
+    intra_op_threads: int = option(0, "CPU threads per process (0: cores / local ranks).")
+    gpu_id: int | None = option(
+        None, "This rank's CUDA ordinal, set once devices are configured.", flag=False
+    )
 
     @property
     def uses_gpu(self) -> bool:
@@ -99,95 +116,118 @@ class RunConfig:
         return f"mixed_{self.amp_dtype}" if self.amp else "float32"
 
     @property
+    def loss_scaling(self) -> bool:
+        return self.amp and self.amp_dtype == "float16"
+
+    def _check(self) -> None:
+        require(self.intra_op_threads >= 0, "intra_op_threads", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunModeConfig(Section):
+    """What to run, and where its results go."""
+
+    mode: str = option("train_and_evaluate", "What to run.", choices=MODES)
+    results_dir: str | None = option(None, "DLLogger log and plots (default: --model_dir).")
+    log_filename: str = option("log.json", "DLLogger JSON-lines file name in --results_dir.")
+    progress_bar: bool = option(
+        True, "Show progress on the console (a bar on a terminal, plain lines in a log file)."
+    )
+    tensorboard: bool = option(True, "Write TensorBoard scalars to --model_dir.")
+    export_dir: str | None = option(
+        None, "Write a SavedModel here (after training, or from --model_dir)."
+    )
+    to_predict: str | None = option(None, "Image file or directory for --mode=predict.")
+    inference_batch_sizes: tuple[int, ...] = option(
+        (), "Batch sizes for inference_benchmark (default: --batch_size).", parse=int
+    )
+
+    @property
     def log_path(self) -> str | None:
         return os.path.join(self.results_dir, self.log_filename) if self.results_dir else None
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @property
+    def training(self) -> bool:
+        return self.mode in TRAINING_MODES
 
-
-def _require(condition: bool, flag: str, message: str) -> None:
-    if not condition:
-        raise UserError(f"--{flag}: {message}")
-
-
-def _require_given(value: Any, flag: str, why: str) -> None:
-    if not value:
-        raise UserError(f"--{flag} is required {why}")
-
-
-def resolve_config(**values: Any) -> RunConfig:
-    """Builds a RunConfig from explicit values (flags), filling the arch's recipe, and checks it."""
-    arch = values.get("arch", RunConfig.arch)
-    _require(arch in RECIPES, "arch", f"{arch!r} is not one of {', '.join(RECIPES)}")
-    recipe = get_recipe(arch)
-    merged = {k: v for k, v in values.items() if v is not None}
-    for key, default in recipe.items():
-        merged.setdefault(key, default)
-    mode = merged.get("mode", RunConfig.mode)
-    _require(mode in MODES, "mode", f"{mode!r} is not one of {', '.join(MODES)}")
-
-    if merged.get("data_backend") is None:
-        if merged.get("data_dir"):
-            merged["data_backend"] = "dali"
-        elif mode in MODES_NEEDING_DATA:
-            raise UserError(
-                f"--data_dir is required for --mode={mode} (or choose --data_backend=synthetic "
-                "explicitly to run on random data)"
-            )
-        else:
-            merged["data_backend"] = "synthetic"
-    config = RunConfig(**merged)
-    _validate(config)
-    return config
-
-
-def _validate(c: RunConfig) -> None:
-    _require(
-        c.data_backend in DATA_BACKENDS,
-        "data_backend",
-        f"must be one of {', '.join(DATA_BACKENDS)}",
-    )
-    if c.data_backend != "synthetic":
-        _require_given(c.data_dir, "data_dir", f"with --data_backend={c.data_backend}")
-    if c.data_dir:
-        _require(os.path.isdir(c.data_dir), "data_dir", f"{c.data_dir} is not a directory")
-    _require(
-        c.dali_device in ("auto", "cpu", "gpu"), "dali_device", "must be one of auto, cpu, gpu"
-    )
-    _require(c.batch_size > 0, "batch_size", f"must be positive, got {c.batch_size}")
-    _require(c.num_iter > 0, "num_iter", f"must be positive, got {c.num_iter}")
-    _require(c.iter_unit in ("epoch", "batch"), "iter_unit", "must be one of epoch, batch")
-    _require(c.run_iter == -1 or c.run_iter > 0, "run_iter", "must be -1 (all) or positive")
-    _require(c.lr_init >= 0, "lr_init", f"must be >= 0, got {c.lr_init}")
-    _require(c.lr_warmup_epochs >= 0, "lr_warmup_epochs", "must be >= 0")
-    _require(0 <= c.momentum < 1, "momentum", "must be in [0, 1)")
-    _require(c.weight_decay >= 0, "weight_decay", "must be >= 0")
-    _require(0 <= c.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
-    _require(c.mixup >= 0, "mixup", "must be >= 0 (0 disables it)")
-    _require(0 < c.crop_area_min <= 1, "crop_area_min", "must be in (0, 1]")
-    _require(c.image_size >= 32, "image_size", f"must be at least 32, got {c.image_size}")
-    _require(c.num_classes >= 2, "num_classes", f"must be at least 2, got {c.num_classes}")
-    _require(0 <= c.dropout < 1, "dropout", "must be in [0, 1)")
-    _require(c.amp_dtype in AMP_DTYPES, "amp_dtype", f"must be one of {', '.join(AMP_DTYPES)}")
-    _require(c.warmup_steps >= 0, "warmup_steps", "must be >= 0")
-    _require(c.display_every > 0, "display_every", "must be positive")
-    _require(c.eval_every > 0, "eval_every", "must be positive")
-    _require(c.checkpoint_every > 0, "checkpoint_every", "must be positive")
-    _require(c.keep_checkpoints > 0, "keep_checkpoints", "must be positive")
-    _require(c.max_nonfinite_steps > 0, "max_nonfinite_steps", "must be positive")
-    _require(c.num_threads > 0, "num_threads", "must be positive")
-    _require(
-        all(b > 0 for b in c.inference_batch_sizes), "inference_batch_sizes", "must be positive"
-    )
-    if c.mode in MODES_NEEDING_MODEL_DIR:
-        _require_given(c.model_dir, "model_dir", f"for --mode={c.mode}")
-    if c.mode == "predict":
-        _require_given(c.to_predict, "to_predict", "for --mode=predict")
-        _require(os.path.exists(c.to_predict), "to_predict", f"{c.to_predict} does not exist")
-    if c.finetune_checkpoint:
-        _require(
-            os.path.isdir(c.finetune_checkpoint),
-            "finetune_checkpoint",
-            f"{c.finetune_checkpoint} is not a directory (a checkpoint, or one holding ckpt-* checkpoints)",
+    def _check(self) -> None:
+        require(
+            all(b > 0 for b in self.inference_batch_sizes),
+            "inference_batch_sizes",
+            "must be positive",
         )
+        if self.mode == "predict":
+            require_given(self.to_predict, "to_predict", "for --mode=predict")
+            require(
+                os.path.exists(self.to_predict), "to_predict", f"{self.to_predict} does not exist"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs; sections are replaced whole (`dataclasses.replace`)."""
+
+    recipe: str = option("nvidia-90", "Named recipe from model_configs/ (flags override it).")
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimization: OptimizationConfig = dataclasses.field(default_factory=OptimizationConfig)
+    loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
+    compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)
+    run: RunModeConfig = dataclasses.field(default_factory=RunModeConfig)
+
+    def sections(self) -> Iterator[Section]:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, Section):
+                yield value
+
+    def validate(self) -> RunConfig:
+        """Each section checks itself; then the rules that span sections."""
+        for section in self.sections():
+            section.validate()
+        data, mode = self.data, self.run.mode
+        if data.backend != "synthetic":
+            require_given(data.data_dir, "data_dir", f"with --data_backend={data.backend}")
+        if mode in MODES_NEEDING_MODEL_DIR:
+            require_given(self.loop.model_dir, "model_dir", f"for --mode={mode}")
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Every value by its flag name (derived ones by field name): the logged configuration."""
+        out: dict[str, Any] = {"recipe": self.recipe}
+        for section in self.sections():
+            for field in dataclasses.fields(section):
+                out[flag_name(field) or field.name] = getattr(section, field.name)
+        return out
+
+    def with_values(self, values: dict[str, Any]) -> RunConfig:
+        """A copy with `values` (keyed by flag name) set in whichever section declares them."""
+        changes: dict[str, dict[str, Any]] = {}
+        index = flag_fields(self)
+        for name, value in values.items():
+            if name == "recipe":
+                continue
+            section, field = index[name]
+            changes.setdefault(section, {})[field] = value
+        replaced = {s: getattr(self, s).replace(**c) for s, c in changes.items()}
+        return dataclasses.replace(self, **replaced)
+
+
+def flag_fields(config: RunConfig) -> dict[str, tuple[str, str]]:
+    """Flag name -> (section attribute, field name), checking that no flag is declared twice."""
+    found: dict[str, tuple[str, str]] = {}
+    for top in dataclasses.fields(config):
+        section = getattr(config, top.name)
+        if not isinstance(section, Section):
+            continue
+        for field in dataclasses.fields(section):
+            name = flag_name(field)
+            if name is None:
+                continue
+            if name in found:
+                raise TypeError(f"flag --{name} is declared by two config sections")
+            found[name] = (top.name, field.name)
+    return found
+
+
+FLAG_FIELDS = types.MappingProxyType(flag_fields(RunConfig()))

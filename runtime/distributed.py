@@ -7,10 +7,13 @@ Keras 3). A plain `python main.py` is a Horovod job of size 1.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 import horovod.tensorflow as hvd
+import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from tfconvnets.errors import UserError
 
@@ -71,6 +74,22 @@ class Distributed:
         if self.size == 1:
             return flag
         return bool(self.sum(tf.constant(int(flag), tf.int32), name=name).numpy() > 0)
+
+
+def check_identical(dist: Distributed, variables: list, step: int) -> str:
+    """Every rank logs a fingerprint of `variables`; rank 0 says whether they all match."""
+    digest = hashlib.sha256()
+    for v in variables:
+        digest.update(np.ascontiguousarray(v.numpy()).tobytes())
+    fingerprint = digest.hexdigest()[:16]
+    logging.info("rank %d: weights fingerprint %s at step %d", dist.rank, fingerprint, step)
+    fingerprints = dist.allgather_object(fingerprint, name="weights_fingerprint")
+    if dist.is_chief:
+        if len(set(fingerprints)) == 1:
+            logging.info("all %d ranks hold identical weights", dist.size)
+        else:
+            logging.error("ranks hold different weights: %s", fingerprints)
+    return fingerprint
 
 
 def configure_devices(dist: Distributed, intra_op_threads: int = 0) -> int | None:

@@ -1,137 +1,102 @@
-"""absl flags, with NVIDIA DeepLearningExamples' names where they exist.
+"""absl flags generated from the config declaration (`runtime.config.RunConfig`).
 
-Recipe flags default to None and are then filled from model_configs/<arch>.py. Every
-boolean has a --no<name> form.
+Each config field becomes one flag of the same name (NVIDIA DeepLearningExamples' names
+where they exist), with the field's type, help text and choices; every boolean has its
+--no<name> form. The flags' defaults are those of the default recipe for the default arch;
+only flags given on the command line override the chosen recipe.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
+from typing import Any
 
 from absl import flags
 
-from model_configs import RECIPES
-from runtime.config import AMP_DTYPES, MODES, RunConfig, resolve_config
-from tfconvnets.data import BACKENDS as DATA_BACKENDS
+from model_configs import RECIPES, get_config, resolve_config
+from runtime.config import RunConfig
+from tfconvnets.config import Section, flag_name
 from tfconvnets.errors import UserError
+from tfconvnets.models import MODEL_SPECS, ModelConfig
 
-_RECIPE = "default: the arch's recipe in model_configs/"
-
-
-def define_flags() -> None:
-    d = RunConfig()
-    flags.DEFINE_enum("arch", d.arch, list(RECIPES), "Architecture.")
-    flags.DEFINE_enum("mode", d.mode, list(MODES), "What to run.")
-    # Data.
-    flags.DEFINE_string("data_dir", None, "Directory of ImageNet-format TFRecord shards.")
-    flags.DEFINE_string("data_idx_dir", None, "DALI index files (built into a cache if missing).")
-    flags.DEFINE_enum(
-        "data_backend",
-        None,
-        list(DATA_BACKENDS),
-        "Input pipeline. Default: dali with --data_dir, else synthetic (benchmarks only).",
-    )
-    flags.DEFINE_enum(
-        "dali_device",
-        d.dali_device,
-        ["auto", "cpu", "gpu"],
-        "Where DALI decodes: auto picks the GPU when one is visible.",
-    )
-    flags.DEFINE_integer("num_threads", d.num_threads, "Input pipeline threads per process.")
-    flags.DEFINE_float(
-        "crop_area_min", d.crop_area_min, "Random-resized-crop minimum area fraction."
-    )
-    flags.DEFINE_boolean("random_flip", d.random_flip, "Random horizontal flips in training.")
-    flags.DEFINE_boolean("skip_corrupt", d.skip_corrupt, "Skip and count undecodable records.")
-    # Recipe.
-    flags.DEFINE_integer("batch_size", None, f"Batch size per GPU/process ({_RECIPE}).")
-    flags.DEFINE_integer("num_iter", None, f"Training length in --iter_unit ({_RECIPE}).")
-    flags.DEFINE_enum("iter_unit", None, ["epoch", "batch"], f"Unit of --num_iter ({_RECIPE}).")
-    flags.DEFINE_float("lr_init", None, f"Peak learning rate per 256 images ({_RECIPE}).")
-    flags.DEFINE_float("lr_warmup_epochs", None, f"Linear warmup length ({_RECIPE}).")
-    flags.DEFINE_boolean("cosine_lr", None, f"Cosine decay (else NVIDIA's step decay) ({_RECIPE}).")
-    flags.DEFINE_float("momentum", None, f"SGD momentum ({_RECIPE}).")
-    flags.DEFINE_float("weight_decay", None, f"L2 on conv and dense kernels ({_RECIPE}).")
-    flags.DEFINE_float("label_smoothing", None, f"Label smoothing ({_RECIPE}).")
-    flags.DEFINE_float("mixup", None, f"Mixup alpha, 0 disables ({_RECIPE}).")
-    flags.DEFINE_integer("image_size", None, f"Training/eval image size ({_RECIPE}).")
-    flags.DEFINE_integer("num_classes", None, f"Number of classes ({_RECIPE}).")
-    # Model.
-    flags.DEFINE_boolean(
-        "zero_init_last_bn", d.zero_init_last_bn, "Zero-init each block's last BN gamma."
-    )
-    flags.DEFINE_float("dropout", d.dropout, "Dropout before the classifier.")
-    # Precision and compilation.
-    flags.DEFINE_boolean(
-        "xla", None, "XLA-compile the forward/backward pass (default: on with a GPU, off on a CPU)."
-    )
-    flags.DEFINE_boolean("amp", d.amp, "Mixed precision (see --amp_dtype).")
-    flags.DEFINE_enum(
-        "amp_dtype",
-        d.amp_dtype,
-        list(AMP_DTYPES),
-        "Mixed precision compute dtype: float16 (dynamic loss scaling) or bfloat16.",
-    )
-    flags.DEFINE_boolean(
-        "fp16_allreduce", d.fp16_allreduce, "Compress gradients to fp16 for the allreduce."
-    )
-    flags.DEFINE_integer(
-        "intra_op_threads", d.intra_op_threads, "CPU threads per process (0: cores / local ranks)."
-    )
-    # Run length and bookkeeping.
-    flags.DEFINE_integer(
-        "run_iter", d.run_iter, "Steps to run in this invocation (-1: to the end)."
-    )
-    flags.DEFINE_integer("warmup_steps", d.warmup_steps, "Steps excluded from throughput numbers.")
-    flags.DEFINE_integer(
-        "eval_every", d.eval_every, "Evaluate every N epochs in train_and_evaluate."
-    )
-    flags.DEFINE_integer(
-        "checkpoint_every", d.checkpoint_every, "Checkpoint every N steps (and at each epoch end)."
-    )
-    flags.DEFINE_integer("keep_checkpoints", d.keep_checkpoints, "How many checkpoints to keep.")
-    flags.DEFINE_integer(
-        "max_nonfinite_steps",
-        d.max_nonfinite_steps,
-        "Stop after this many consecutive non-finite losses (fp16 steps are skipped first).",
-    )
-    flags.DEFINE_string(
-        "model_dir", None, "Checkpoints and TensorBoard logs; training resumes from here."
-    )
-    flags.DEFINE_string("results_dir", None, "DLLogger log and plots (default: --model_dir).")
-    flags.DEFINE_string(
-        "export_dir", None, "Write a SavedModel here (after training, or from --model_dir)."
-    )
-    flags.DEFINE_string(
-        "finetune_checkpoint", None, "Initialize the model from this checkpoint directory."
-    )
-    flags.DEFINE_string(
-        "log_filename", d.log_filename, "DLLogger JSON-lines file name in --results_dir."
-    )
-    flags.DEFINE_integer("display_every", d.display_every, "Log every N steps.")
-    flags.DEFINE_boolean("progress_bar", d.progress_bar, "Show a progress bar on the console.")
-    flags.DEFINE_boolean("tensorboard", d.tensorboard, "Write TensorBoard scalars to --model_dir.")
-    flags.DEFINE_integer("seed", d.seed, "Random seed.")
-    flags.DEFINE_string("to_predict", None, "Image file or directory for --mode=predict.")
-    flags.DEFINE_list(
-        "inference_batch_sizes", [], "Batch sizes for inference_benchmark (default: --batch_size)."
-    )
+_RECIPE_NOTE = " (default: the recipe's)"
 
 
-def config_from_flags(values: flags.FlagValues) -> RunConfig:
-    """Only the flags given on the command line (or with a non-None default) reach the config."""
-    given = {}
-    for field in dataclasses.fields(RunConfig):
-        if field.name not in values:  # set by the runtime, not by a flag
+def _base_type(annotation: Any) -> Any:
+    """`int | None` -> int; other annotations unchanged."""
+    if isinstance(annotation, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _leaf_fields(config: RunConfig):
+    """(owner, field, flag name, type) for every field that has a flag; the owner holds its value."""
+    for owner in (config, *config.sections()):
+        hints = typing.get_type_hints(type(owner))
+        for field in dataclasses.fields(owner):
+            name = flag_name(field)
+            if name is not None and not isinstance(getattr(owner, field.name), Section):
+                yield owner, field, name, _base_type(hints[field.name])
+
+
+def define_flags(
+    flag_values: flags.FlagValues = flags.FLAGS, defaults: RunConfig | None = None
+) -> None:
+    """Defines one flag per config field; `defaults` (the default recipe for the default
+    arch unless given) provides the declaration and the defaults shown."""
+    defaults = defaults or get_config(RunConfig().model.arch)
+    recipe_fields = _recipe_fields()
+    for owner, field, name, kind in _leaf_fields(defaults):
+        default = getattr(owner, field.name)
+        help_text = field.metadata["help"] + (_RECIPE_NOTE if name in recipe_fields else "")
+        choices = field.metadata.get("choices") or (tuple(RECIPES) if name == "recipe" else None)
+        if kind is bool:
+            flags.DEFINE_boolean(name, default, help_text, flag_values=flag_values)
+        elif choices:
+            flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=flag_values)
+        elif kind is int:
+            flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+        elif kind is float:
+            flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
+        elif kind is str:
+            flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+        elif typing.get_origin(kind) is tuple:
+            flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
+        else:
+            raise TypeError(f"no flag type for config field {name}: {kind}")
+
+
+def _recipe_fields() -> set[str]:
+    """Flags whose value some recipe sets for some arch (their default depends on both)."""
+    found = set()
+    for arch in MODEL_SPECS:
+        plain = dataclasses.replace(RunConfig(), model=ModelConfig(arch=arch)).flat()
+        for recipe in RECIPES.values():
+            found |= {k for k, v in recipe(arch).flat().items() if k != "recipe" and v != plain[k]}
+    return found
+
+
+def given_values(
+    flag_values: flags.FlagValues = flags.FLAGS, defaults: RunConfig | None = None
+) -> dict[str, Any]:
+    """The flags given on the command line, converted to their config fields' types."""
+    given: dict[str, Any] = {}
+    for _, field, name, kind in _leaf_fields(defaults or RunConfig()):
+        if not flag_values[name].present:
             continue
-        flag = values[field.name]
-        if flag.present or flag.value is not None:
-            given[field.name] = flag.value
-    if "inference_batch_sizes" in given:
-        try:
-            given["inference_batch_sizes"] = tuple(int(b) for b in given["inference_batch_sizes"])
-        except ValueError as e:
-            raise UserError(f"--inference_batch_sizes: expected integers ({e})") from None
-    if not values["results_dir"].present and values["model_dir"].value:
-        given["results_dir"] = values["model_dir"].value
-    return resolve_config(**given)
+        value = flag_values[name].value
+        if typing.get_origin(kind) is tuple:
+            parse = field.metadata.get("parse", str)
+            try:
+                value = tuple(parse(item) for item in value)
+            except ValueError as e:
+                raise UserError(f"--{name}: {e}") from None
+        given[name] = value
+    return given
+
+
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> RunConfig:
+    return resolve_config(given_values(flag_values))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,183 +10,80 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
-from tfconvnets import checkpoints
-from runtime.config import TRAINING_MODES, RunConfig
-from runtime.distributed import Distributed, configure_devices
+from runtime import process
+from runtime.checkpointing import CheckpointManager
+from runtime.config import MODES, RunConfig
+from runtime.data_errors import explain_data_error
 from runtime.evaluation import evaluate
-from runtime.reporting import Reporter, tensorboard_dir
-from runtime.steps import EvalStep
-from tfconvnets.deploy.savedmodel import export_saved_model, inference_function
+from runtime.factory import build_eval_step, build_model
+from runtime.process import Context
 from runtime.trainer import Trainer
-from tfconvnets.data import DataConfig, Pipeline, build_pipeline, diagnose_corrupt_records
+from tfconvnets.data import Pipeline, build_pipeline, read_class_names
+from tfconvnets.deploy.savedmodel import export_saved_model, inference_function
 from tfconvnets.errors import UserError
-from tfconvnets.models import count_macs, create_model
+from tfconvnets.models import count_macs
 
 Results = list[dict]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-@dataclasses.dataclass(frozen=True)
-class Context:
-    config: RunConfig
-    dist: Distributed
-    reporter: Reporter
-
-
 def run(config: RunConfig) -> None:
-    if config.mode == "model_summary":  # needs neither Horovod nor devices
-        model_summary(dataclasses.replace(config, xla=bool(config.xla)))
+    if config.run.mode == "model_summary":  # needs neither Horovod nor devices
+        model_summary(config)
         return
-    dist = Distributed.init()
-    gpu_id = configure_devices(dist, config.intra_op_threads)
-    xla = gpu_id is not None if config.xla is None else config.xla
-    config = dataclasses.replace(config, xla=xla, gpu_id=gpu_id)
-    keras.mixed_precision.set_dtype_policy(config.dtype_policy)
-    keras.utils.set_random_seed(config.seed)
-    if dist.is_chief:
-        if config.mode in TRAINING_MODES:  # before results_dir, which defaults to it
-            _check_writable(config.model_dir, "model_dir")
-        if config.results_dir:
-            _check_writable(config.results_dir, "results_dir")
-    training = config.mode in TRAINING_MODES
-    reporter = Reporter(
-        enabled=dist.is_chief,
-        log_path=config.log_path,
-        tensorboard_dir=tensorboard_dir(config.model_dir)
-        if config.tensorboard and training
-        else None,
-        progress_bar=config.progress_bar,
-    )
-    ctx = Context(config, dist, reporter)
-    reporter.parameters({**config.as_dict(), "world_size": dist.size})
+    ctx = process.start(config)
+    ctx.reporter.parameters({**ctx.config.flat(), "world_size": ctx.dist.size})
     try:
-        for results in MODES[config.mode](ctx):
-            reporter.summary(results)
+        for results in MODE_FUNCTIONS[config.run.mode](ctx):
+            ctx.reporter.summary(results)
     except tf.errors.OpError as e:
-        raise _explain_data_error(e, config) from e
+        raise explain_data_error(e, ctx.config.data) from e
     finally:
-        reporter.close()
+        ctx.reporter.close()
 
 
 # --- shared pieces ------------------------------------------------------------------------
-
-
-def build_model(config: RunConfig) -> keras.Model:
-    return create_model(
-        config.arch,
-        config.num_classes,
-        input_shape=(config.image_size, config.image_size, 3),
-        zero_init_last_bn_gamma=config.zero_init_last_bn,
-        dropout=config.dropout,
-        grouped_conv=config.grouped_conv,
-        seed=config.seed,
-    )
-
-
-def data_config(config: RunConfig) -> DataConfig:
-    return DataConfig(
-        backend=config.data_backend,
-        data_dir=config.data_dir,
-        data_idx_dir=config.data_idx_dir,
-        image_size=config.image_size,
-        num_classes=config.num_classes,
-        dali_device=config.dali_device,
-        num_threads=config.num_threads,
-        crop_area_min=config.crop_area_min,
-        random_flip=config.random_flip,
-        skip_corrupt=config.skip_corrupt,
-        dtype=config.compute_dtype,
-    )
 
 
 def pipeline(
     ctx: Context, split: str, *, training: bool, batch_size: int | None = None
 ) -> Pipeline:
     return build_pipeline(
-        data_config(ctx.config),
+        ctx.config.data,
         split=split,
-        batch_size=batch_size or ctx.config.batch_size,
+        batch_size=batch_size or ctx.config.loop.batch_size,
         training=training,
         shard_id=ctx.dist.rank,
         num_shards=ctx.dist.size,
-        seed=ctx.config.seed,
-        gpu_id=ctx.config.gpu_id,
+        seed=ctx.config.loop.seed,
+        gpu_id=ctx.config.compute.gpu_id,
     )
 
 
 def restore_trained_model(ctx: Context) -> keras.Model:
     """The model with the newest intact checkpoint of --model_dir (rank 0 reads, all get it)."""
-    model = build_model(ctx.config)
-    message = None
-    if ctx.dist.is_chief:
-        found = checkpoints.latest_valid_checkpoint(ctx.config.model_dir)
-        try:
-            if found is None:
-                raise UserError(f"--model_dir {ctx.config.model_dir} holds no intact checkpoint")
-            path, meta, arrays = found
-            expected = {"arch": ctx.config.arch, "num_classes": ctx.config.num_classes}
-            checkpoints.check_compatible(meta, expected, str(path))
-            checkpoints.assign_variables(
-                model.variables, meta["model_variables"], arrays, "model", str(path)
-            )
-            logging.info("loaded %s (step %d)", path, meta["step"])
-        except UserError as e:
-            message = str(e)
-    message = ctx.dist.broadcast_object(message, name="restore_error")
-    if message:
-        raise UserError(message)
-    ctx.dist.broadcast_variables(model.variables)
+    config = ctx.config
+    model = build_model(config)
+    manager = CheckpointManager(
+        config.loop.model_dir,
+        ctx.dist,
+        keep=config.loop.keep_checkpoints,
+        metadata={"arch": config.model.arch, "num_classes": config.data.num_classes},
+    )
+    manager.restore(model, required=True)
     return model
 
 
-def _check_writable(directory: str, flag: str) -> None:
-    try:
-        os.makedirs(directory, exist_ok=True)
-        probe = Path(directory) / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"--{flag} {directory} is not writable: {e.strerror or e}") from None
-
-
-def _explain_data_error(error: tf.errors.OpError, config: RunConfig) -> Exception:
-    """A failing input op becomes one message naming the bad records, when they can be found.
-
-    Only errors raised while reading a batch are diagnosed: the scan decodes every record of
-    the dataset, which is hours of work to add to, say, a GPU out-of-memory error.
-    """
-    message = error.message.strip().splitlines()[0] if error.message else str(error)
-    if "tfconvnets:" in message:  # the pipelines' own in-graph checks carry a readable message
-        return UserError(message[message.index("tfconvnets:") + len("tfconvnets:") :].strip())
-    if config.data_dir and config.data_backend != "synthetic" and is_input_error(error):
-        logging.error(
-            "reading the input failed (%s: %s); decoding every record of %s to name the bad "
-            "ones (interrupt to skip)",
-            type(error).__name__, message[:300], config.data_dir,
-        )  # fmt: skip
-        bad = [
-            r
-            for split in ("train", "validation")
-            for r in diagnose_corrupt_records(config.data_dir, split)
-        ]
-        if bad:
-            shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-            return UserError(
-                f"undecodable records in {config.data_dir}: {shown} "
-                "(re-create them, or pass --skip_corrupt with --data_backend=tf)"
-            )
-    return error
-
-
-def is_input_error(error: tf.errors.OpError) -> bool:
-    """Raised by reading a batch (tf.data or DALI), and not for lack of memory."""
-    text = error.message or ""
-    out_of_memory = isinstance(error, tf.errors.ResourceExhaustedError) or any(
-        hint in text.lower() for hint in ("out of memory", "failed to allocate")
+def _export(ctx: Context, model: keras.Model) -> str | None:
+    config = ctx.config
+    if not (config.run.export_dir and ctx.dist.is_chief):
+        return None
+    path = export_saved_model(
+        model, config.run.export_dir, image_size=config.data.image_size, xla=config.compute.xla
     )
-    return not out_of_memory and ("IteratorGetNext" in text or "DALI" in text)
+    print(f"exported SavedModel: {path}", flush=True)
+    return path
 
 
 # --- modes --------------------------------------------------------------------------------
@@ -196,43 +92,37 @@ def is_input_error(error: tf.errors.OpError) -> bool:
 def train(ctx: Context) -> Results:
     config = ctx.config
     train_data = pipeline(ctx, "train", training=True)
-    if train_data.shard_examples < config.batch_size:
+    if train_data.shard_examples < config.loop.batch_size:
         raise UserError(
-            f"--batch_size={config.batch_size} is larger than this rank's share of the train split "
-            f"({train_data.shard_examples} of {train_data.num_examples} records over "
-            f"{ctx.dist.size} rank(s)): no full batch could ever be formed"
+            f"--batch_size={config.loop.batch_size} is larger than this rank's share of the "
+            f"train split ({train_data.shard_examples} of {train_data.num_examples} records "
+            f"over {ctx.dist.size} rank(s)): no full batch could ever be formed"
         )
-    eval_data = (
-        pipeline(ctx, "validation", training=False) if config.mode == "train_and_evaluate" else None
-    )
+    evaluating = config.run.mode == "train_and_evaluate"
+    eval_data = pipeline(ctx, "validation", training=False) if evaluating else None
     model = build_model(config)
-    trainer = Trainer(config, ctx.dist, model, train_data, ctx.reporter, eval_data)
-    results = trainer.train()
-    if config.export_dir and ctx.dist.is_chief:
-        results["export_dir"] = export_saved_model(
-            model, config.export_dir, image_size=config.image_size, xla=config.xla
-        )
-        print(f"exported SavedModel: {results['export_dir']}", flush=True)
+    results = Trainer(config, ctx.dist, model, train_data, ctx.reporter, eval_data).train()
+    if (path := _export(ctx, model)) is not None:
+        results["export_dir"] = path
     return [results]
 
 
 def evaluate_mode(ctx: Context) -> Results:
     model = restore_trained_model(ctx)
-    eval_step = EvalStep(model, xla=ctx.config.xla)
-    results = evaluate(eval_step, pipeline(ctx, "validation", training=False), ctx.dist)
-    if ctx.config.export_dir and ctx.dist.is_chief:
-        export_saved_model(
-            model, ctx.config.export_dir, image_size=ctx.config.image_size, xla=ctx.config.xla
-        )
+    data = pipeline(ctx, "validation", training=False)
+    results = evaluate(build_eval_step(ctx.config, model), data, ctx.dist)
+    _export(ctx, model)
     return [results]
 
 
 def predict(ctx: Context) -> Results:
+    """Top-5 classes of every readable image; unreadable ones are named, and fail the run at
+    the end rather than hiding behind the others' results."""
     from tfconvnets.data import load_eval_image
 
     config = ctx.config
     model = restore_trained_model(ctx)
-    target = Path(config.to_predict)
+    target = Path(config.run.to_predict)
     files = (
         sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if target.is_dir()
@@ -241,60 +131,73 @@ def predict(ctx: Context) -> Results:
     if not files:
         raise UserError(f"--to_predict {target}: no images ({', '.join(IMAGE_SUFFIXES)})")
     names = _class_names(config)
-    forward = inference_function(model, xla=config.xla)
+    forward = inference_function(model, xla=config.compute.xla)
+    unreadable = []
     for i, path in enumerate(files):
-        image = load_eval_image(str(path), config.image_size)
+        try:
+            image = load_eval_image(str(path), config.data.image_size)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+            unreadable.append(str(path))
+            if ctx.dist.is_chief:
+                print(f"{path}: not a readable image, skipped", flush=True)
+            continue
         probabilities = tf.nn.softmax(forward(image[None])[0]).numpy()
         top = np.argsort(-probabilities)[:5]
         top5 = [(int(c), names[c] if names else str(c), float(probabilities[c])) for c in top]
         if ctx.dist.is_chief:
             print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for _, name, p in top5), flush=True)
         ctx.reporter.dllogger.log(["predict", i], {"file": str(path), "top5": top5})
+    if unreadable:
+        raise UserError(
+            f"--to_predict: {len(unreadable)} of {len(files)} file(s) could not be read as "
+            f"images: {', '.join(unreadable[:5])}" + (" ..." if len(unreadable) > 5 else "")
+        )
     return []
 
 
 def _class_names(config: RunConfig) -> list[str] | None:
-    for directory in (config.data_dir, config.model_dir):
+    for directory in (config.data.data_dir, config.loop.model_dir):
         if directory and (Path(directory) / "labels.txt").is_file():
-            names = (Path(directory) / "labels.txt").read_text().splitlines()
-            if len(names) == config.num_classes:
+            names = read_class_names(Path(directory) / "labels.txt")
+            if len(names) == config.data.num_classes:
                 return names
     return None
 
 
 def training_benchmark(ctx: Context) -> Results:
-    config = dataclasses.replace(ctx.config, model_dir=None)  # a benchmark writes no checkpoints
-    model = build_model(config)
-    trainer = Trainer(config, ctx.dist, model, pipeline(ctx, "train", training=True), ctx.reporter)
+    # A benchmark writes no checkpoints.
+    config = dataclasses.replace(ctx.config, loop=ctx.config.loop.replace(model_dir=None))
+    trainer = Trainer(
+        config, ctx.dist, build_model(config), pipeline(ctx, "train", training=True), ctx.reporter
+    )
     results = trainer.train()
-    return [
-        {
-            "train_throughput": results.get("train_throughput"),
-            "global_batch": trainer.schedule.global_batch,
-        }
-    ]
+    row = {"global_batch": trainer.schedule.global_batch}
+    for key in ("train_throughput", "train_throughput_note"):
+        if key in results:
+            row[key] = results[key]
+    return [row]
 
 
 def inference_benchmark(ctx: Context) -> Results:
     config = ctx.config
-    model = build_model(config)
-    forward = inference_function(model, xla=config.xla)
+    forward = inference_function(build_model(config), xla=config.compute.xla)
     results: Results = []
-    steps = config.num_iter if config.iter_unit == "batch" else 100
-    for batch_size in config.inference_batch_sizes or (config.batch_size,):
+    loop = config.loop
+    steps = loop.num_iter if loop.iter_unit == "batch" else 100
+    for batch_size in config.run.inference_batch_sizes or (loop.batch_size,):
         dataset = pipeline(ctx, "validation", training=False, batch_size=batch_size).dataset
         dataset = dataset.repeat()
-        if config.uses_gpu:
+        if config.compute.uses_gpu:
             # Batches are copied to the GPU ahead of time, as a serving pipeline would do, so
             # the timings below are the model's and not the host-to-device copy's.
             dataset = dataset.apply(tf.data.experimental.prefetch_to_device("/gpu:0", 2))
         data = iter(dataset)
         latencies = []
-        for i in range(config.warmup_steps + steps):
+        for i in range(loop.warmup_steps + steps):
             images, _ = next(data)
             start = time.perf_counter()
             forward(images).numpy()
-            if i >= config.warmup_steps:
+            if i >= loop.warmup_steps:
                 latencies.append(time.perf_counter() - start)
         latencies_ms = np.array(latencies) * 1000
         row = {
@@ -317,29 +220,33 @@ def data_benchmark(ctx: Context) -> Results:
             "--mode=data_benchmark measures one process's input pipeline: run it without "
             f"horovodrun (this job has {ctx.dist.size} processes)"
         )
-    steps = config.num_iter if config.iter_unit == "batch" else 100
+    loop = config.loop
     result = run_data_benchmark(
-        data_config(config),
-        batch_size=config.batch_size,
-        num_batches=steps,
-        warmup_batches=config.warmup_steps,
-        gpu_id=config.gpu_id,
+        config.data,
+        batch_size=loop.batch_size,
+        num_batches=loop.num_iter if loop.iter_unit == "batch" else 100,
+        warmup_batches=loop.warmup_steps,
+        gpu_id=config.compute.gpu_id,
     )
     return [result]
 
 
 def model_summary(config: RunConfig) -> None:
+    config = dataclasses.replace(
+        config, compute=config.compute.replace(xla=bool(config.compute.xla))
+    )
     model = build_model(config)
     params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     macs = count_macs(model)
+    data = config.data
     print(
-        f"arch={config.arch} image_size={config.image_size} num_classes={config.num_classes} "
+        f"arch={config.model.arch} image_size={data.image_size} num_classes={data.num_classes} "
         f"trainable_params={params:,} gmacs={macs / 1e9:.2f}",
         flush=True,
     )
 
 
-MODES: dict[str, Callable[[Context], Results]] = {
+MODE_FUNCTIONS: dict[str, Callable[[Context], Results]] = {
     "train": train,
     "train_and_evaluate": train,
     "evaluate": evaluate_mode,
@@ -348,3 +255,5 @@ MODES: dict[str, Callable[[Context], Results]] = {
     "inference_benchmark": inference_benchmark,
     "data_benchmark": data_benchmark,
 }
+if set(MODE_FUNCTIONS) | {"model_summary"} != set(MODES):  # one list of modes: config.MODES
+    raise ImportError(f"runtime.modes implements {sorted(MODE_FUNCTIONS)}, config lists {MODES}")

@@ -137,4 +137,3 @@ class EvalStep:
         top5 = tf.logical_and(valid, tf.reduce_any(tf.equal(top_k, labels[:, None]), axis=1))
         counts = [top1, top5, valid]
         return tf.stack([tf.reduce_sum(tf.cast(c, tf.int64)) for c in counts])
-

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tfconvnets import checkpoints
 from tests.launch import run
+from tfconvnets import checkpoints
 from tfconvnets import convert as converter
 from tfconvnets.errors import UserError
 from tfconvnets.models.resnet import MODEL_SPECS
@@ -350,8 +350,8 @@ def test_cli_rejects_unknown_arch(tmp_path):
 def test_export_serves_the_imported_weights(tmp_path):
     import tensorflow as tf
 
-    from tfconvnets.finetune import load_pretrained
     from tfconvnets.constants import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+    from tfconvnets.finetune import load_pretrained
     from tfconvnets.models import create_model
 
     src = tmp_path / "r50.safetensors"

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfconvnets import checkpoints
 from tests.launch import HOROVODRUN, REPO_ROOT, run, subprocess_env
+from tfconvnets import checkpoints
 
 SYNTHETIC_TRAIN = [
     "--arch=resnet50", "--image_size=32", "--num_classes=10", "--batch_size=4",

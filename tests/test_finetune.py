@@ -9,11 +9,11 @@ import keras
 import numpy as np
 import pytest
 
-from tfconvnets import checkpoints
-from tfconvnets.finetune import load_pretrained
 from tests.launch import run
 from tests.test_convert import checkpoint_arrays, hwio, write_synthetic_state_dict
+from tfconvnets import checkpoints
 from tfconvnets.errors import UserError
+from tfconvnets.finetune import load_pretrained
 
 
 def tiny_model(

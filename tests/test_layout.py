@@ -42,8 +42,24 @@ def test_the_library_never_imports_the_runtime():
     assert violations(python_files("tfconvnets"), ("runtime", "main", "benchmarks")) == []
 
 
-def test_model_configs_are_plain_data_over_the_library():
-    assert violations(python_files("model_configs"), ("runtime", "main", "tensorflow")) == []
+def test_recipes_need_only_the_config_declaration():
+    """model_configs/ holds values of the config: it may import the config schema
+    (runtime.config) and the library, nothing that runs or needs TensorFlow."""
+    found = violations(python_files("model_configs"), ("runtime", "main", "tensorflow"))
+    assert [v for v in found if not v.endswith("imports runtime.config")] == []
+
+
+def test_configuration_loads_without_tensorflow():
+    """Flags, recipes and validation come before TensorFlow (a bad flag is reported fast)."""
+    config_modules = [
+        REPO_ROOT / "runtime" / "config.py",
+        REPO_ROOT / "runtime" / "flags.py",
+        REPO_ROOT / "tfconvnets" / "config.py",
+        REPO_ROOT / "tfconvnets" / "optimization.py",
+        REPO_ROOT / "tfconvnets" / "models" / "config.py",
+        *python_files("model_configs"),
+    ]
+    assert violations(config_modules, ("tensorflow", "horovod")) == []
 
 
 def test_the_model_code_is_pure_keras():

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfconvnets import checkpoints
 from tests.launch import horovodrun, run, subprocess_env
+from tfconvnets import checkpoints
 from tfconvnets.dllogger import read_log
 
 SMALL = [
@@ -313,7 +313,7 @@ def test_only_input_errors_trigger_the_record_scan():
     """The scan decodes the whole dataset: never for, say, a GPU out-of-memory error."""
     import tensorflow as tf
 
-    from runtime.modes import is_input_error
+    from runtime.data_errors import is_input_error
 
     reading = "{{function_node __wrapped__IteratorGetNext_output_types_2_device_/CPU:0}} "
     assert is_input_error(tf.errors.InvalidArgumentError(None, None, reading + "Invalid JPEG"))

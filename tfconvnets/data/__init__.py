@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import TYPE_CHECKING
 
+from tfconvnets.config import Section, option, require
 from tfconvnets.data.layouts import LAYOUTS as FOLDER_LAYOUTS
 from tfconvnets.data.records import SPLITS
 from tfconvnets.errors import UserError
@@ -40,6 +42,7 @@ __all__ = [
     "diagnose_corrupt_records",
     "eval_steps",
     "load_eval_image",
+    "read_class_names",
     "train_steps",
 ]
 
@@ -53,22 +56,47 @@ SYNTHETIC_NUM_EXAMPLES = {"train": 1_281_167, "validation": 50_000}
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    backend: str  # "dali" | "tf" | "synthetic"
-    data_dir: str | None = None
-    data_idx_dir: str | None = None  # DALI index dir; missing/incomplete -> built into a cache dir
-    image_size: int = 224
-    num_classes: int = 1000  # labels in records are 1..num_classes
-    dali_device: str = "auto"  # "auto" (gpu if one is visible, else cpu, logged) | "cpu" | "gpu"
-    num_threads: int = 4  # DALI threads / tf.data parallelism, the same number for both
-    crop_area_min: float = 0.08  # random-resized-crop area range [crop_area_min, 1]
-    random_flip: bool = True  # random horizontal flip in training
-    skip_corrupt: bool = False  # skip and count undecodable records instead of failing
-    dtype: str = "float32"  # dtype of output images ("float16"/"bfloat16" under AMP)
-    # What --data_dir holds: "auto" (detected and logged), "tfrecord" (shards), or images read
-    # straight from "folders" (train/<class>/, validation/<class>/), "ilsvrc2012" (extracted
-    # official release: train/<wnid>/, flat val/ + devkit) or "kaggle" (ILSVRC/Data/CLS-LOC).
-    data_layout: str = "auto"
+class DataConfig(Section):
+    """What the input pipelines read and how they preprocess it."""
+
+    backend: str | None = option(
+        None,
+        "Input pipeline. Default: dali with --data_dir, else synthetic (benchmarks only).",
+        choices=BACKENDS,
+        flag="data_backend",
+    )
+    data_dir: str | None = option(
+        None,
+        "ImageNet TFRecord shards, or image folders read directly: train/<class>/ + "
+        "validation/<class>/, the extracted ILSVRC2012 release (flat val/ + devkit) or Kaggle's.",
+    )
+    data_idx_dir: str | None = option(None, "DALI index files (built into a cache if missing).")
+    image_size: int = option(224, "Training/eval image size.")
+    num_classes: int = option(1000, "Number of classes (labels in the records are 1..C).")
+    dali_device: str = option(
+        "auto", "Where DALI decodes: auto picks the GPU when one is visible.", choices=DALI_DEVICES
+    )
+    num_threads: int = option(4, "Input pipeline threads per process (DALI and tf.data).")
+    crop_area_min: float = option(0.08, "Random-resized-crop minimum area fraction.")
+    random_flip: bool = option(True, "Random horizontal flips in training.")
+    skip_corrupt: bool = option(False, "Skip and count undecodable records.")
+    dtype: str = option(
+        "float32", "Image dtype (float16/bfloat16 under AMP).", choices=DTYPES, flag=False
+    )
+    data_layout: str = option(
+        "auto",
+        "What --data_dir holds: auto (detected and logged), tfrecord, or image folders: folders "
+        "(train/<class>/), ilsvrc2012 (extracted release + devkit), kaggle (ILSVRC/Data/CLS-LOC).",
+        choices=DATA_LAYOUTS,
+    )
+
+    def _check(self) -> None:
+        require(self.image_size >= 32, "image_size", f"must be at least 32, got {self.image_size}")
+        require(self.num_classes >= 2, "num_classes", f"must be at least 2, got {self.num_classes}")
+        require(self.num_threads > 0, "num_threads", "must be positive")
+        require(0 < self.crop_area_min <= 1, "crop_area_min", "must be in (0, 1]")
+        if self.data_dir:
+            require(os.path.isdir(self.data_dir), "data_dir", f"{self.data_dir} is not a directory")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,30 +118,13 @@ def eval_steps(shard_examples: int, batch_size: int) -> int:
 def _validate(
     config: DataConfig, split: str, batch_size: int, shard_id: int, num_shards: int
 ) -> None:
-    if config.backend not in BACKENDS:
-        raise UserError(f"--data_backend={config.backend}: expected one of {', '.join(BACKENDS)}")
+    if config.backend is None:
+        raise UserError("--data_backend: no input pipeline chosen")
+    config.validate()
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
-    if config.dtype not in DTYPES:
-        raise UserError(f"image dtype {config.dtype!r}: expected one of {', '.join(DTYPES)}")
-    if config.dali_device not in DALI_DEVICES:
-        raise UserError(
-            f"--dali_device={config.dali_device}: expected one of {', '.join(DALI_DEVICES)}"
-        )
-    if config.data_layout not in DATA_LAYOUTS:
-        raise UserError(
-            f"--data_layout={config.data_layout}: expected one of {', '.join(DATA_LAYOUTS)}"
-        )
     if batch_size < 1:
         raise UserError(f"--batch_size={batch_size}: must be >= 1")
-    if config.image_size < 1:
-        raise UserError(f"--image_size={config.image_size}: must be >= 1")
-    if config.num_classes < 1:
-        raise UserError(f"--num_classes={config.num_classes}: must be >= 1")
-    if config.num_threads < 1:
-        raise UserError(f"--num_threads={config.num_threads}: must be >= 1")
-    if not 0.0 < config.crop_area_min <= 1.0:
-        raise UserError(f"--crop_area_min={config.crop_area_min}: must be in (0, 1]")
     if not 0 <= shard_id < num_shards:
         raise UserError(f"shard {shard_id} of {num_shards}: need 0 <= shard_id < num_shards")
 
@@ -180,3 +191,13 @@ def load_eval_image(path: str, image_size: int, dtype: str = "float32") -> tf.Te
     from tfconvnets.data import tf_pipeline
 
     return tf_pipeline.load_eval_image(path, image_size, dtype)
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """The human-readable names of a labels.txt (index = 0-based label).
+
+    Reads dataprep's ``<wnid><TAB><name>`` lines and older one-name-per-line files alike.
+    """
+    from tfconvnets.data.labels import read_labels
+
+    return [c.text for c in read_labels(os.fspath(path))]

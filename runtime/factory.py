@@ -1,0 +1,98 @@
+"""Builds what a run trains with from its config: the model, the schedule, the optimizer and
+the compiled steps. The modes and the benchmarks all build them here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from runtime.config import RunConfig
+from runtime.distributed import Distributed
+from runtime.steps import EvalStep, TrainStep
+from tfconvnets.models import create_model
+from tfconvnets.training import learning_rate_schedule, make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The run's length and learning rate, in steps of the global batch."""
+
+    steps_per_epoch: int
+    total_steps: int
+    global_batch: int
+    peak_lr: float
+    warmup_steps: int
+
+    @classmethod
+    def from_config(cls, config: RunConfig, world_size: int, steps_per_epoch: int) -> Schedule:
+        loop = config.loop
+        total = loop.num_iter * steps_per_epoch if loop.iter_unit == "epoch" else loop.num_iter
+        global_batch = loop.batch_size * world_size
+        return cls(
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total,
+            global_batch=global_batch,
+            peak_lr=config.optimization.lr_init * global_batch / 256,
+            warmup_steps=int(round(config.optimization.lr_warmup_epochs * steps_per_epoch)),
+        )
+
+    def epoch_of(self, step: int) -> int:
+        """0-based epoch of a 1-based step count."""
+        return (step - 1) // self.steps_per_epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingParts:
+    schedule: Schedule
+    lr_schedule: keras.optimizers.schedules.LearningRateSchedule
+    optimizer: keras.optimizers.Optimizer
+    train_step: TrainStep
+
+
+def build_model(config: RunConfig) -> keras.Model:
+    return create_model(
+        config.model.arch,
+        config.data.num_classes,
+        input_shape=(config.data.image_size, config.data.image_size, 3),
+        zero_init_last_bn_gamma=config.model.zero_init_last_bn,
+        dropout=config.model.dropout,
+        grouped_conv=config.compute.grouped_conv,
+        seed=config.loop.seed,
+    )
+
+
+def build_training(
+    config: RunConfig, dist: Distributed, model: keras.Model, steps_per_epoch: int
+) -> TrainingParts:
+    """The schedule, a built optimizer and the train step for `model`."""
+    schedule = Schedule.from_config(config, dist.size, steps_per_epoch)
+    opt = config.optimization
+    lr_schedule = learning_rate_schedule(
+        peak=schedule.peak_lr,
+        warmup_steps=schedule.warmup_steps,
+        total_steps=schedule.total_steps,
+        steps_per_epoch=schedule.steps_per_epoch,
+        cosine=opt.cosine_lr,
+    )
+    optimizer = make_optimizer(
+        lr_schedule, momentum=opt.momentum, loss_scaling=config.compute.loss_scaling
+    )
+    optimizer.build(model.trainable_variables)
+    train_step = TrainStep(
+        model,
+        optimizer,
+        dist,
+        num_classes=config.data.num_classes,
+        weight_decay=opt.weight_decay,
+        label_smoothing=opt.label_smoothing,
+        mixup_alpha=opt.mixup,
+        xla=config.compute.xla,
+        fp16_allreduce=config.compute.fp16_allreduce,
+        seed=config.loop.seed,
+    )
+    return TrainingParts(schedule, lr_schedule, optimizer, train_step)
+
+
+def build_eval_step(config: RunConfig, model: keras.Model) -> EvalStep:
+    return EvalStep(model, xla=config.compute.xla)

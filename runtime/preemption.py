@@ -1,0 +1,33 @@
+"""How a run stops on purpose: the signals it honours and the exit codes it ends with."""
+
+from __future__ import annotations
+
+import signal
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again (the same command resumes)
+NONFINITE_EXIT_CODE = 65  # EX_DATAERR
+
+
+class TrainingStopped(Exception):
+    """The run stopped early on purpose; `exit_code` says why."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class PreemptionSignal:
+    """Turns SIGTERM / SIGINT into a flag that the loop checks at step boundaries."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,18 @@
+"""The model section of the run configuration (the arch names come from MODEL_SPECS)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tfconvnets.config import Section, option, require
+from tfconvnets.models.resnet import MODEL_SPECS
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(Section):
+    arch: str = option("resnet50", "Architecture.", choices=tuple(MODEL_SPECS))
+    zero_init_last_bn: bool = option(False, "Zero-init each block's last BN gamma.")
+    dropout: float = option(0.0, "Dropout before the classifier.")
+
+    def _check(self) -> None:
+        require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
