@@ -17,7 +17,8 @@ TF-slim's features, their DALI index files in ``idx/`` under the same names, and
 - Train images are shuffled with a fixed seed so classes mix within shards; validation stays
   sorted. The same input always gives the same shards.
 - PNG, CMYK and other non-RGB images are re-encoded to RGB JPEG, as TF-slim's converter does
-  (the summary counts them); every image is fully decoded once to find unreadable ones.
+  (the summary counts them). Every image is decoded once to find unreadable ones (JPEGs kept
+  as they are at 1/8 scale: all of their data is still entropy-decoded).
 - Unreadable images are reported by path. Without --skip_corrupt the shards holding them are
   not written and the run fails at the end; with it they are left out.
 - Resumable: each shard is written as ``<name>.tmp`` and renamed when complete, then its
@@ -127,14 +128,19 @@ def encode_image(data: bytes) -> EncodedImage:
     """RGB (or greyscale) JPEG bytes of an image; BadImage if it does not decode."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.load()  # full decode: finds truncated and corrupt files
+            height, width = image.height, image.width
             if image.format == "JPEG" and image.mode in ("RGB", "L"):
-                return EncodedImage(data, image.height, image.width, None)
+                # Kept as is, so only checked: every coefficient is entropy-decoded (which
+                # finds truncated and corrupt files), but the IDCT runs at 1/8 scale.
+                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+                image.load()
+                return EncodedImage(data, height, width, None)
+            image.load()
             # PNG, CMYK JPEG, palette...: decoders in the pipelines expect RGB JPEG.
             why = image.format if image.format != "JPEG" else image.mode
             out = io.BytesIO()
             image.convert("RGB").save(out, format="JPEG", quality=REENCODE_QUALITY)
-            return EncodedImage(out.getvalue(), image.height, image.width, why or "unknown")
+            return EncodedImage(out.getvalue(), height, width, why or "unknown")
     except UnidentifiedImageError as e:
         raise BadImage("not an image file PIL can identify") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -1,6 +1,7 @@
 """The DALI pipeline, consumed through ``nvidia.dali.plugin.tf.DALIDataset``.
 
-Train: ``readers.tfrecord`` (shuffle buffer records.SHUFFLE_BUFFER) ->
+Train: ``readers.tfrecord``, or ``readers.file`` for image folders (tfconvnets/data/sources.py,
+a ``file_list`` of the sorted split), with shuffle buffer records.SHUFFLE_BUFFER ->
 ``decoders.image_random_crop`` (area [crop_area_min, 1], aspect 3/4-4/3) -> ``resize`` to S x S
 -> ``crop_mirror_normalize`` (mirror from ``random.coin_flip``, HWC). Eval: ``decoders.image``
 -> ``resize(resize_shorter=S / EVAL_CROP_FRACTION)`` -> ``crop_mirror_normalize`` (center crop).

@@ -10,6 +10,10 @@ split), located through the DALI index files. Training shuffles the rank's files
 (buffer of records.SHUFFLE_BUFFER) and repeats, so every epoch covers the range once; random
 ops are stateless and seeded per rank, so a run is reproducible for a given seed.
 
+Image folders (tfconvnets/data/sources.py): the rank's range of the sorted file list is read
+with ``tf.io.read_file`` (shuffled as a whole in training) and goes through the same
+preprocessing; PNG and other non-JPEG files are decoded with ``decode_image``.
+
 skip_corrupt: records whose JPEG fails to decode are dropped by ``ignore_errors`` right after
 decoding; tf.data logs a warning for each one. Label errors are checked after that step, so
 they still fail.
