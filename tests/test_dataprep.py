@@ -80,6 +80,11 @@ def test_converts_folder_to_shards_indexes_and_labels(tmp_path):
         assert (
             index_lib.index_problem(os.path.join(out, name), os.path.join(out, "idx", name)) is None
         )
+        # Written from the record sizes: the same file DALI's tfrecord2idx makes.
+        dali_made = str(tmp_path / f"{name}.dali")
+        index_lib.build_index_files([(os.path.join(out, name), dali_made)])
+        with open(dali_made) as a, open(os.path.join(out, "idx", name)) as b:
+            assert [line.split() for line in a] == [line.split() for line in b]
 
     train = read_split(out, "train")
     labels = [feature(e, "image/class/label")[0] for e in train]

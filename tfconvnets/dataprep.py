@@ -166,6 +166,7 @@ def write_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
     bad = []
     reencoded: collections.Counter[str] = collections.Counter()
     written = pending = 0
+    record_sizes: list[int] = []
     with tf.io.TFRecordWriter(temp) as writer:
         for item in task.items:
             pending += 1
@@ -183,17 +184,17 @@ def write_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
             if image.reencoded:
                 reencoded[image.reencoded] += 1
             label_class = task.classes[item.label - 1]
-            writer.write(
-                records.make_example(
-                    encoded_jpeg=image.jpeg,
-                    label=item.label,
-                    label_text=label_class.text,
-                    synset=label_class.synset,
-                    filename=item.name,
-                    height=image.height,
-                    width=image.width,
-                )
+            serialized = records.make_example(
+                encoded_jpeg=image.jpeg,
+                label=item.label,
+                label_text=label_class.text,
+                synset=label_class.synset,
+                filename=item.name,
+                height=image.height,
+                width=image.width,
             )
+            writer.write(serialized)
+            record_sizes.append(len(serialized))
             written += 1
     if progress and pending:
         progress(pending)
@@ -201,7 +202,9 @@ def write_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
         os.remove(temp)
         return ShardResult(task.split, path, len(task.items), 0, False, tuple(bad), dict(reencoded))
     os.replace(temp, path)
-    index_lib.build_index_files([(path, os.path.join(task.output_dir, INDEX_SUBDIR, task.name))])
+    index_lib.write_index(
+        path, os.path.join(task.output_dir, INDEX_SUBDIR, task.name), record_sizes
+    )
     state = {
         "fingerprint": task.fingerprint(),
         "written": written,
