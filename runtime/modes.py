@@ -20,7 +20,7 @@ from runtime.evaluation import evaluate
 from runtime.factory import build_eval_step, build_model
 from runtime.process import Context
 from runtime.trainer import Trainer
-from tfconvnets.data import Pipeline, build_pipeline, read_class_names
+from tfconvnets.data import Pipeline, build_pipeline, class_names, labels
 from tfconvnets.deploy.savedmodel import export_saved_model, inference_function
 from tfconvnets.errors import UserError
 from tfconvnets.models import count_macs
@@ -171,12 +171,12 @@ def predict(ctx: Context) -> Results:
 
 
 def _class_names(config: RunConfig) -> list[str] | None:
-    for directory in (config.data.data_dir, config.loop.model_dir):
-        if directory and (Path(directory) / "labels.txt").is_file():
-            names = read_class_names(Path(directory) / "labels.txt")
-            if len(names) == config.data.num_classes:
-                return names
-    return None
+    """Names from --data_dir (labels.txt, or the folder layout's), else --model_dir's labels.txt."""
+    data = config.data
+    if data.data_dir and (names := class_names(data.data_dir, data.num_classes, data.data_layout)):
+        return names
+    model_dir = config.loop.model_dir
+    return labels.class_names(model_dir, data.num_classes) if model_dir else None
 
 
 def training_benchmark(ctx: Context) -> Results:
