@@ -25,7 +25,7 @@ VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 HOROVOD_VERSION=0.28.1
 # Bump when the way Horovod is patched or built changes: it is part of the cache key.
-HOROVOD_RECIPE=3
+HOROVOD_RECIPE=4
 DALI_PLUGIN="nvidia-dali-tf-plugin-cuda120==2.4.0"
 CACHE_DIR="${TFCONVNETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tfconvnets}"
 # Compute capabilities of Horovod's own CUDA kernels (SASS for each, PTX for the last).
@@ -148,6 +148,14 @@ if n != 12 or d != 1 or "AsGpuStreamValue" in src:
     sys.exit(f"AsGpuStreamValue patch: replaced {n} call sites (expected 12) and {d} declarations (expected 1)")
 open(path, "w").write(src)
 PY
+  # horovodrun --mpi passes Open MPI single-dash options (-bind-to none -map-by slot ...);
+  # Open MPI 5's mpirun (prterun) takes `-bind-to` for an unknown option and `none` for the
+  # program ("Executable: none"). The double-dash forms work in Open MPI 4 and 5.
+  sed -i -e "s/'-bind-to /'--bind-to /g" -e "s/'-map-by /'--map-by /g" -e "s/'-rank-by /'--rank-by /g" \
+    "$SRC/horovod/runner/mpi_run.py"
+  if grep -qE "'-(bind-to|map-by|rank-by) " "$SRC/horovod/runner/mpi_run.py"; then
+    die "could not patch horovod/runner/mpi_run.py for Open MPI 5"
+  fi
   HOROVOD_OPS=(HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
                HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1)
   if [[ "$FLAVOUR" == gpu ]]; then
