@@ -19,7 +19,9 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# tests/test_cluster.py starts a single-node Slurm: its Debian packages come first (root).
 test: lint
+	@bash scripts/install_slurm.sh
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 # The GPU flavour (tensorflow[and-cuda], Horovod with NCCL + MPI + Gloo) built into its own
