@@ -1,0 +1,141 @@
+"""Reduced-precision ONNX models made from the fp32 export: fp16 and static INT8.
+
+fp16: onnxconverter-common's `convert_float_to_float16`, keeping float32 (and uint8) inputs and
+float32 outputs, so clients send and receive the same tensors as from the fp32 model.
+
+INT8: ONNX Runtime's static quantization (`quantize_static`), QDQ format, weights int8 per
+channel, activations uint8, ranges from MinMax calibration on images that went through the
+project's own eval preprocessing. The model is run through `quant_pre_process` first (shape
+inference and graph optimization, as ONNX Runtime's quantization guide asks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+from tfconvnets.constants import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from tfconvnets.errors import UserError
+
+CALIBRATION_BATCH = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Options:
+    """ONNX Runtime quantization choices; the defaults are the ones measured in docs/deployment.md."""
+
+    quant_format: str = "qdq"  # "qdq" (QuantizeLinear/DequantizeLinear pairs) | "qoperator"
+    per_channel: bool = True
+    activation_type: str = "uint8"  # "uint8" | "int8"
+    weight_type: str = "int8"  # "int8" | "uint8"
+    # Quantize with 7-bit weights: avoids u8s8 saturation in AVX2/AVX-512 kernels without VNNI.
+    reduce_range: bool = False
+
+
+def convert_to_fp16(model_proto):
+    """The fp16 version of an fp32 ONNX model, with its input/output types kept."""
+    from onnxconverter_common import float16
+
+    return float16.convert_float_to_float16(model_proto, keep_io_types=True)
+
+
+def calibration_images(data_config, num_images: int) -> np.ndarray:
+    """`num_images` eval-preprocessed validation images as float32 on the 0-255 scale.
+
+    `data_config` is a `tfconvnets.data.DataConfig` naming the validation TFRecords. The
+    images come from `build_pipeline(..., training=False)`, the evaluation path, and are mapped
+    back from the normalized values to 0-255, which the exported models take.
+    """
+    from tfconvnets.data import build_pipeline
+
+    if num_images < 1:
+        raise UserError(f"--calibration_images={num_images}: must be >= 1")
+    if data_config.backend == "synthetic" or not data_config.data_dir:
+        raise UserError(
+            "--export_format=onnx-int8 calibrates on validation images: pass --data_dir with "
+            "the validation TFRecords (and a --data_backend other than synthetic)"
+        )
+    config = dataclasses.replace(data_config, dtype="float32")
+    pipeline = build_pipeline(
+        config, split="validation", batch_size=CALIBRATION_BATCH, training=False
+    )
+    mean = np.asarray(IMAGENET_MEAN_RGB, np.float32)
+    std = np.asarray(IMAGENET_STD_RGB, np.float32)
+    chunks, count = [], 0
+    for images, labels in pipeline.dataset:
+        keep = labels.numpy() >= 0  # the last batch is padded with label -1
+        chunks.append(images.numpy()[keep] * std + mean)
+        count += int(keep.sum())
+        if count >= num_images:
+            break
+    if count < num_images:
+        logging.warning(
+            "--calibration_images=%d: the validation split has only %d images; using them all",
+            num_images,
+            count,
+        )
+    return np.clip(np.concatenate(chunks)[:num_images], 0.0, 255.0)
+
+
+def _batches(images: np.ndarray, dtype: str) -> Iterator[np.ndarray]:
+    cast = np.rint(images).astype(np.uint8) if dtype == "uint8" else images.astype(np.float32)
+    for start in range(0, len(cast), CALIBRATION_BATCH):
+        yield cast[start : start + CALIBRATION_BATCH]
+
+
+def quantize_int8(
+    fp32_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    images: np.ndarray,
+    *,
+    options: Int8Options | None = None,
+) -> str:
+    """Statically quantizes the fp32 ONNX model at `fp32_path`, calibrated on `images` (0-255)."""
+    import onnx
+    from onnxruntime import quantization as q
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    options = options or Int8Options()
+    if len(images) == 0:
+        raise UserError("--calibration_images: no calibration images were read")
+    model = onnx.load(str(fp32_path))
+    input_name = model.graph.input[0].name
+    input_dtype = onnx.helper.tensor_dtype_to_np_dtype(
+        model.graph.input[0].type.tensor_type.elem_type
+    )
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = _batches(images, np.dtype(input_dtype).name)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    types = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
+    formats = {"qdq": q.QuantFormat.QDQ, "qoperator": q.QuantFormat.QOperator}
+    final = Path(output_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent) as work:
+        prepared = Path(work) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        tmp = Path(work) / final.name
+        q.quantize_static(
+            str(prepared),
+            str(tmp),
+            Reader(),
+            quant_format=formats[options.quant_format],
+            per_channel=options.per_channel,
+            reduce_range=options.reduce_range,
+            activation_type=types[options.activation_type],
+            weight_type=types[options.weight_type],
+            calibrate_method=q.CalibrationMethod.MinMax,
+        )
+        os.replace(tmp, final)
+    return str(final)
