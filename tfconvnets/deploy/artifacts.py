@@ -76,10 +76,15 @@ def export_artifacts(
         ]
     export_dir.mkdir(parents=True, exist_ok=True)
     onnx_formats = [f for f in ("onnx", "onnx-fp16", "onnx-int8") if f in wanted]
-    for dtype in onnx_export.INPUT_DTYPES if onnx_formats else ():
-        proto = onnx_export.convert_to_onnx(
-            model, image_size=image_size, input_dtype=dtype, opset=opset
+    float_proto = (
+        onnx_export.convert_to_onnx(
+            model, image_size=image_size, input_dtype="float32", opset=opset
         )
+        if onnx_formats
+        else None
+    )
+    for dtype in onnx_export.INPUT_DTYPES if onnx_formats else ():
+        proto = float_proto if dtype == "float32" else onnx_export.with_uint8_input(float_proto)
         fp32_path = export_dir / ONNX_FILES[("onnx", dtype)]
         onnx_export.save_onnx(proto, fp32_path)
         if "onnx" in wanted:

@@ -84,6 +84,11 @@ def convert_to_onnx(model: keras.Model, *, image_size: int, input_dtype: str, op
 
     if input_dtype not in INPUT_DTYPES:
         raise UserError(f"ONNX input dtype {input_dtype!r}: expected one of {INPUT_DTYPES}")
+    if input_dtype == "uint8":
+        float_model = convert_to_onnx(
+            model, image_size=image_size, input_dtype="float32", opset=opset
+        )
+        return with_uint8_input(float_model)
     serve = serving_function(_float32_copy_for_export(model), xla=False)
     spec = tf.TensorSpec([None, image_size, image_size, 3], input_dtype, name=INPUT_NAME)
     function = tf.function(lambda images: serve(images), input_signature=[spec])
@@ -112,6 +117,30 @@ def _check_interface(model_proto) -> None:
     outputs = sorted(graph.output, key=lambda o: OUTPUT_NAMES.index(o.name))
     del graph.output[:]
     graph.output.extend(outputs)
+
+
+def with_uint8_input(model_proto):
+    """A copy of the float32-input model that takes uint8 images (a Cast in front).
+
+    The same as tracing the SavedModel's `serving_uint8` signature (`tf.cast` then the float
+    graph), at the cost of a graph edit instead of a second conversion.
+    """
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model_proto)
+    graph = copy.graph
+    (images,) = [v for v in graph.input if v.name == INPUT_NAME]
+    as_float = f"{INPUT_NAME}_as_float32"
+    for node in graph.node:
+        node.input[:] = [as_float if name == INPUT_NAME else name for name in node.input]
+    cast = onnx.helper.make_node(
+        "Cast", [INPUT_NAME], [as_float], to=onnx.TensorProto.FLOAT, name="cast_uint8_images"
+    )
+    graph.node.insert(0, cast)
+    images.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    onnx.checker.check_model(copy)
+    return copy
 
 
 def check_pure_onnx(model_proto, *, source: str) -> None:

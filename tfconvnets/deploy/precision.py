@@ -124,7 +124,9 @@ def quantize_int8(
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent) as work:
         prepared = Path(work) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
+        # ONNX's own shape inference covers these graphs (only the batch dim is symbolic), so
+        # the symbolic pass, which needs sympy, is skipped.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         tmp = Path(work) / final.name
         q.quantize_static(
             str(prepared),
