@@ -36,6 +36,9 @@ class Int8Options:
     weight_type: str = "int8"  # "int8" | "uint8"
     # Quantize with 7-bit weights: avoids u8s8 saturation in AVX2/AVX-512 kernels without VNNI.
     reduce_range: bool = False
+    # Zero-point-free int8 activations: what TensorRT needs to build an engine from the QDQ
+    # model (explicit quantization); use with activation_type="int8".
+    symmetric_activations: bool = False
 
 
 def convert_to_fp16(model_proto):
@@ -45,15 +48,11 @@ def convert_to_fp16(model_proto):
     return float16.convert_float_to_float16(model_proto, keep_io_types=True)
 
 
-def calibration_images(data_config, num_images: int) -> np.ndarray:
-    """`num_images` eval-preprocessed validation images as float32 on the 0-255 scale.
+def calibration_images(data_config, num_images: int, *, split: str = "validation") -> np.ndarray:
+    """`num_images` eval-preprocessed images of `split` as float32 on the 0-255 scale.
 
-    `data_config` is a `tfconvnets.data.DataConfig` naming the validation TFRecords. The
-    images come from `build_pipeline(..., training=False)`, the evaluation path, and are mapped
-    back from the normalized values to 0-255, which the exported models take.
+    `data_config` is a `tfconvnets.data.DataConfig` naming the TFRecords (`--data_dir`).
     """
-    from tfconvnets.data import build_pipeline
-
     if num_images < 1:
         raise UserError(f"--calibration_images={num_images}: must be >= 1")
     if data_config.backend == "synthetic" or not data_config.data_dir:
@@ -61,26 +60,41 @@ def calibration_images(data_config, num_images: int) -> np.ndarray:
             "--export_format=onnx-int8 calibrates on validation images: pass --data_dir with "
             "the validation TFRecords (and a --data_backend other than synthetic)"
         )
+    images, _ = eval_images(data_config, num_images, split=split)
+    if len(images) < num_images:
+        logging.warning(
+            "--calibration_images=%d: the %s split has only %d images; using them all",
+            num_images,
+            split,
+            len(images),
+        )
+    return images
+
+
+def eval_images(
+    data_config, max_images: int, *, split: str = "validation"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `max_images` (images 0-255 float32 [N, S, S, 3], labels 0-based [N]) of `split`.
+
+    The images come from `build_pipeline(..., training=False)`, the evaluation path, mapped
+    back from the normalized values to the 0-255 scale that the exported models take.
+    """
+    from tfconvnets.data import build_pipeline
+
     config = dataclasses.replace(data_config, dtype="float32")
-    pipeline = build_pipeline(
-        config, split="validation", batch_size=CALIBRATION_BATCH, training=False
-    )
+    pipeline = build_pipeline(config, split=split, batch_size=CALIBRATION_BATCH, training=False)
     mean = np.asarray(IMAGENET_MEAN_RGB, np.float32)
     std = np.asarray(IMAGENET_STD_RGB, np.float32)
-    chunks, count = [], 0
-    for images, labels in pipeline.dataset:
-        keep = labels.numpy() >= 0  # the last batch is padded with label -1
-        chunks.append(images.numpy()[keep] * std + mean)
+    images, labels, count = [], [], 0
+    for batch_images, batch_labels in pipeline.dataset:
+        keep = batch_labels.numpy() >= 0  # the last batch is padded with label -1
+        images.append(batch_images.numpy()[keep] * std + mean)
+        labels.append(batch_labels.numpy()[keep])
         count += int(keep.sum())
-        if count >= num_images:
+        if count >= max_images:
             break
-    if count < num_images:
-        logging.warning(
-            "--calibration_images=%d: the validation split has only %d images; using them all",
-            num_images,
-            count,
-        )
-    return np.clip(np.concatenate(chunks)[:num_images], 0.0, 255.0)
+    images = np.clip(np.concatenate(images)[:max_images], 0.0, 255.0)
+    return images, np.concatenate(labels)[:max_images]
 
 
 def _batches(images: np.ndarray, dtype: str) -> Iterator[np.ndarray]:
@@ -138,6 +152,7 @@ def quantize_int8(
             activation_type=types[options.activation_type],
             weight_type=types[options.weight_type],
             calibrate_method=q.CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": options.symmetric_activations},
         )
         os.replace(tmp, final)
     return str(final)
