@@ -76,29 +76,10 @@ def export_artifacts(
         ]
     export_dir.mkdir(parents=True, exist_ok=True)
     onnx_formats = [f for f in ("onnx", "onnx-fp16", "onnx-int8") if f in wanted]
-    float_proto = (
-        onnx_export.convert_to_onnx(
-            model, image_size=image_size, input_dtype="float32", opset=opset
+    if onnx_formats:
+        written |= _export_onnx_formats(
+            model, export_dir, onnx_formats, image_size, opset, calibration_images, int8_options
         )
-        if onnx_formats
-        else None
-    )
-    for dtype in onnx_export.INPUT_DTYPES if onnx_formats else ():
-        proto = float_proto if dtype == "float32" else onnx_export.with_uint8_input(float_proto)
-        fp32_path = export_dir / ONNX_FILES[("onnx", dtype)]
-        onnx_export.save_onnx(proto, fp32_path)
-        if "onnx" in wanted:
-            written.setdefault("onnx", []).append(str(fp32_path))
-        if "onnx-fp16" in wanted:
-            path = export_dir / ONNX_FILES[("onnx-fp16", dtype)]
-            onnx_export.save_onnx(precision.convert_to_fp16(proto), path)
-            written.setdefault("onnx-fp16", []).append(str(path))
-        if "onnx-int8" in wanted:
-            path = export_dir / ONNX_FILES[("onnx-int8", dtype)]
-            precision.quantize_int8(fp32_path, path, calibration_images, options=int8_options)
-            written.setdefault("onnx-int8", []).append(str(path))
-        if "onnx" not in wanted:  # only the intermediate of fp16/int8
-            fp32_path.unlink()
     if "triton" in formats:
         repository = export_dir / TRITON_DIR
         written["triton"] = []
@@ -110,4 +91,41 @@ def export_artifacts(
                 source, sig = export_dir / ONNX_FILES[(triton_source, dtype)], None
             model_dir = triton.write_model(repository, name, source, triton_options, signature=sig)
             written["triton"].append(str(model_dir))
+    return written
+
+
+def _export_onnx_formats(
+    model: keras.Model,
+    export_dir: Path,
+    onnx_formats: list[str],
+    image_size: int,
+    opset: int,
+    calibration_images: np.ndarray | None,
+    int8_options: precision.Int8Options,
+) -> dict[str, list[str]]:
+    """One conversion to fp32, then fp16 / INT8 from it; each uint8-input model is its
+    float-input model with a Cast in front (so calibration and conversion run once)."""
+    import onnx
+
+    float_proto = onnx_export.convert_to_onnx(
+        model, image_size=image_size, input_dtype="float32", opset=opset
+    )
+    fp32_path = export_dir / ONNX_FILES[("onnx", "float32")]
+    onnx_export.save_onnx(float_proto, fp32_path)
+    written: dict[str, list[str]] = {}
+    for fmt in onnx_formats:
+        float_path = export_dir / ONNX_FILES[(fmt, "float32")]
+        if fmt == "onnx":
+            proto = float_proto
+        elif fmt == "onnx-fp16":
+            proto = precision.convert_to_fp16(float_proto)
+            onnx_export.save_onnx(proto, float_path)
+        else:
+            precision.quantize_int8(fp32_path, float_path, calibration_images, options=int8_options)
+            proto = onnx.load(str(float_path))
+        uint8_path = export_dir / ONNX_FILES[(fmt, "uint8")]
+        onnx_export.save_onnx(onnx_export.with_uint8_input(proto), uint8_path)
+        written[fmt] = [str(float_path), str(uint8_path)]
+    if "onnx" not in onnx_formats:  # it was only the source of fp16 / INT8
+        fp32_path.unlink()
     return written
