@@ -62,10 +62,13 @@ def run_fresh(export_dir: Path, images: np.ndarray, formats: str, tmp_path: Path
 def varied_model(arch: str, grouped_conv: str = "split"):
     """A small model whose random weights still give different classes to different images.
 
-    With default init every input of a deep random net lands in one class, and a top-1
-    comparison would test nothing; scaled-down block gammas and random BN statistics keep the
-    images apart.
+    With random init every input of a deep net lands in one class (the pooled features share
+    one large common part), and a top-1 comparison would test nothing. So BN gets non-trivial
+    statistics, and the classifier is re-drawn around the mean feature of the test images.
     """
+    import keras
+
+    from tfconvnets.constants import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
     from tfconvnets.models import create_model
 
     model = create_model(
@@ -77,7 +80,7 @@ def varied_model(arch: str, grouped_conv: str = "split"):
     )
     rng = np.random.default_rng(3)
     for layer in model.layers:
-        if layer.__class__.__name__ == "BatchNormalization":
+        if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, variance = layer.get_weights()
             layer.set_weights(
                 [
@@ -87,6 +90,15 @@ def varied_model(arch: str, grouped_conv: str = "split"):
                     rng.uniform(0.5, 2.0, variance.shape),
                 ]
             )
+    pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
+    normalized = (test_images() - np.asarray(IMAGENET_MEAN_RGB)) / np.asarray(IMAGENET_STD_RGB)
+    features = np.asarray(pooled(normalized.astype(np.float32), training=False))
+    centered = features - features.mean(axis=0)
+    kernel = rng.normal(0, 1, (features.shape[1], NUM_CLASSES)) / (
+        np.linalg.norm(centered, axis=1).mean() + 1e-12
+    )
+    kernel *= 3.0  # logits spread of a few units: distinct classes, unsaturated softmax
+    model.get_layer("classifier").set_weights([kernel, -features.mean(axis=0) @ kernel])
     return model
 
 
@@ -267,12 +279,15 @@ def test_triton_repository_of_the_savedmodel(resnet50_export, tmp_path):
 
 
 def test_inference_benchmark_of_an_artifact(resnet50_export):
-    from tfconvnets.deploy.benchmark import benchmark_artifact
-    from tfconvnets.deploy.predictors import load_artifact
+    from tfconvnets.deploy.benchmark import benchmark_exported
 
-    predictor = load_artifact(resnet50_export, "onnx-int8", num_threads=1)
-    rows = benchmark_artifact(predictor, [1, 4], warmup=1, iterations=3)
-    assert [r["batch_size"] for r in rows] == [1, 4]
+    rows = benchmark_exported(
+        str(resnet50_export), ["savedmodel", "onnx-int8"], [1, 4], warmup=1, iterations=3,
+        input_dtype="uint8", num_threads=1,
+    )  # fmt: skip
+    assert [(r["export_format"], r["batch_size"]) for r in rows] == [
+        ("savedmodel", 1), ("savedmodel", 4), ("onnx-int8", 1), ("onnx-int8", 4)
+    ]  # fmt: skip
     for row in rows:
         assert row["eval_throughput"] > 0
         assert row["eval_latency_p50"] <= row["eval_latency_p90"] <= row["eval_latency_p99"]

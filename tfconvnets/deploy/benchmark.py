@@ -69,3 +69,41 @@ def benchmark_artifact(
             )
         )
     return rows
+
+
+def benchmark_exported(
+    export_dir: str,
+    export_formats: Sequence[str],
+    batch_sizes: Sequence[int],
+    *,
+    warmup: int = 5,
+    iterations: int = 50,
+    input_dtype: str = "float32",
+    provider: str = "CPUExecutionProvider",
+    num_threads: int = 0,
+    images: np.ndarray | None = None,
+) -> list[dict[str, float | str]]:
+    """`--mode=inference_benchmark` on exported artifacts: one row per (format, batch size).
+
+    `images` (0-255, e.g. from `precision.eval_images`) are tiled into the batches; random
+    images are used when there are none (speed does not depend on the pixels).
+    """
+    from tfconvnets.deploy.artifacts import parse_formats
+    from tfconvnets.deploy.predictors import load_artifact
+
+    rows: list[dict[str, float | str]] = []
+    for export_format in parse_formats(export_formats):
+        if export_format == "triton":
+            continue  # a repository of the other formats, served by Triton, not run here
+        predictor = load_artifact(
+            export_dir,
+            export_format,
+            input_dtype=input_dtype,
+            provider=provider,
+            num_threads=num_threads,
+        )
+        for row in benchmark_artifact(
+            predictor, batch_sizes, warmup=warmup, iterations=iterations, images=images
+        ):
+            rows.append({"export_format": export_format, "input_dtype": input_dtype, **row})
+    return rows
