@@ -9,8 +9,8 @@ and shapes are taken from the generated config.pbtxt, and a real tritonserver pr
 batching and transport. nvidia-pytriton pins numpy < 2, so it cannot go into the project's
 environment; run this in a separate one:
 
-    python3.11 -m venv /tmp/pytriton && /tmp/pytriton/bin/pip install nvidia-pytriton==0.7.0 \
-        onnxruntime==1.31.1
+    /usr/bin/python3.11 -m venv /tmp/pytriton   # the system Python: the stub links its libpython
+    /tmp/pytriton/bin/pip install nvidia-pytriton==0.7.0 onnxruntime==1.31.1
     /tmp/pytriton/bin/python scripts/triton_serve_check.py /export/triton/resnet50
 
 It prints the served probabilities' max difference to ONNX Runtime run directly, and exits
