@@ -46,14 +46,13 @@ class Predictor:
 
 def artifact_path(export_dir: str | os.PathLike, export_format: str, input_dtype: str) -> Path:
     """Where `export_format`'s model for `input_dtype` images lives inside `export_dir`."""
+    if input_dtype not in SIGNATURES:
+        raise UserError(f"input dtype {input_dtype!r}: expected one of {', '.join(SIGNATURES)}")
     if export_format == "savedmodel":
         return Path(export_dir)
     if (export_format, input_dtype) not in ONNX_FILES:
-        raise UserError(
-            f"--export_format={export_format}: loadable formats are savedmodel, "
-            + ", ".join(sorted({f for f, _ in ONNX_FILES}))
-            + "; input dtype must be float32 or uint8"
-        )
+        loadable = ", ".join(["savedmodel", *dict.fromkeys(f for f, _ in ONNX_FILES)])
+        raise UserError(f"--export_format={export_format}: not loadable; choose from {loadable}")
     return Path(export_dir) / ONNX_FILES[(export_format, input_dtype)]
 
 
