@@ -142,6 +142,9 @@ def quantize_int8(
         # the symbolic pass, which needs sympy, is skipped.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         tmp = Path(work) / final.name
+        # Probabilities stay float: a quantized Softmax output has steps of 1/255 and rows
+        # that no longer sum to 1.
+        softmax = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Softmax"]
         q.quantize_static(
             str(prepared),
             str(tmp),
@@ -152,6 +155,7 @@ def quantize_int8(
             activation_type=types[options.activation_type],
             weight_type=types[options.weight_type],
             calibrate_method=q.CalibrationMethod.MinMax,
+            nodes_to_exclude=softmax,
             extra_options={"ActivationSymmetric": options.symmetric_activations},
         )
         os.replace(tmp, final)
