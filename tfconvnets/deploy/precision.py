@@ -144,7 +144,12 @@ def quantize_int8(
         tmp = Path(work) / final.name
         # Probabilities stay float: a quantized Softmax output has steps of 1/255 and rows
         # that no longer sum to 1.
-        softmax = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Softmax"]
+        # ArgMax reads the probabilities too: quantizing its input would quantize them as well.
+        softmax = [
+            n.name
+            for n in onnx.load(str(prepared)).graph.node
+            if n.op_type in ("Softmax", "ArgMax")
+        ]
         q.quantize_static(
             str(prepared),
             str(tmp),

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tfconvnets.deploy import EXPORT_FORMATS
 from tfconvnets.deploy.savedmodel import SIGNATURES
 from tfconvnets.errors import UserError
 
 # Export formats and the files they write inside --export_dir, per input dtype.
-FORMATS = ("savedmodel", "onnx", "onnx-fp16", "onnx-int8", "triton")
+FORMATS = EXPORT_FORMATS
 ONNX_FILES = {
     ("onnx", "float32"): "model.onnx",
     ("onnx", "uint8"): "model_uint8.onnx",
