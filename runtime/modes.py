@@ -253,7 +253,8 @@ def _benchmark_exported(ctx: Context) -> Results:
         run.export_dir, run.export_format, batch_sizes, warmup=loop.warmup_steps,
         iterations=loop.num_iter if loop.iter_unit == "batch" else 100,
         input_dtype=run.inference_input_dtype, provider=run.onnx_provider,
-        num_threads=config.compute.intra_op_threads, images=images,
+        # ONNX Runtime gets the threads this process's TensorFlow was given at start.
+        num_threads=tf.config.threading.get_intra_op_parallelism_threads(), images=images,
     )  # fmt: skip
 
 

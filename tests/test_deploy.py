@@ -283,7 +283,7 @@ def test_inference_benchmark_of_an_artifact(resnet50_export):
 
     rows = benchmark_exported(
         str(resnet50_export), ["savedmodel", "onnx-int8"], [1, 4], warmup=1, iterations=3,
-        input_dtype="uint8", num_threads=1,
+        input_dtype="uint8", num_threads=0,  # TF already runs in this process: its threads
     )  # fmt: skip
     assert [(r["export_format"], r["batch_size"]) for r in rows] == [
         ("savedmodel", 1), ("savedmodel", 4), ("onnx-int8", 1), ("onnx-int8", 4)

@@ -82,8 +82,16 @@ def _load_savedmodel(path: Path, input_dtype: str, num_threads: int) -> Predicto
         raise UserError(
             f"--export_dir {path}: no saved_model.pb (export with --export_format=savedmodel)"
         )
-    if num_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(num_threads)
+    if num_threads and tf.config.threading.get_intra_op_parallelism_threads() != num_threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(num_threads)
+        except RuntimeError:  # TF already runs (e.g. the runtime set its threads at start)
+            raise UserError(
+                f"TensorFlow already runs with "
+                f"{tf.config.threading.get_intra_op_parallelism_threads() or 'its default'} "
+                f"intra-op threads in this process, not the {num_threads} asked for: benchmark "
+                "the SavedModel in a fresh process, or ask for the same number"
+            ) from None
     loaded = tf.saved_model.load(str(path))
     signature = loaded.signatures[SIGNATURES[input_dtype]]
     spec = signature.structured_input_signature[1]["images"]
