@@ -266,6 +266,10 @@ def test_each_local_rank_gets_its_own_gpu_or_a_clear_error():
     assert [choose_gpu(1, rank, 8) for rank in range(8)] == [0] * 8
     with pytest.raises(UserError, match="local rank 4 of 6 has no GPU of its own: .* 4 GPUs"):
         choose_gpu(4, 4, 6)
+    # NVIDIA's --gpu_id (our --gpu) picks the ordinal of a single-process run.
+    assert choose_gpu(4, 0, 1, requested=2) == 2
+    with pytest.raises(UserError, match=r"--gpu=4 \(--gpu_id\): this process sees 4 GPU"):
+        choose_gpu(4, 0, 1, requested=4)
 
 
 def test_only_input_errors_trigger_the_record_scan():
