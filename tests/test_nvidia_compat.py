@@ -427,3 +427,9 @@ def test_training_perf_and_inference_benchmark_lines_parse_with_their_pipelines(
     }
     raw = [json.loads(x[5:]) for x in log.read_text().splitlines() if '"METADATA"' in x]
     assert all("step" not in r and "data" not in r for r in raw)  # NVIDIA's shape
+
+
+def test_the_migration_page_lists_every_spelling_of_the_table():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "migrating_from_nvidia.md").read_text()
+    missing = [s.name for s in nvidia_compat.SPELLINGS if f"`--{s.name}" not in page]
+    assert not missing, missing
