@@ -255,6 +255,21 @@ def test_refusals_and_conflicts_are_one_line_naming_the_flag(argv, message):
     assert message in text and "\n" not in text
 
 
+def test_a_static_scale_without_fp16_amp_says_it_has_no_effect(caplog):
+    import logging
+
+    from runtime.modes import _config_notes
+
+    config = config_from_flags(parse("--mode=training_benchmark", "--loss_scale=128"))
+    with caplog.at_level(logging.INFO):
+        _config_notes(config)
+    assert "NVIDIA flags: --loss_scale=128.0 -> --static_loss_scale=128.0" in caplog.text
+    assert "--static_loss_scale=128 has no effect: only --amp --amp_dtype=float16" in caplog.text
+    assert config.compute.fixed_loss_scale is None
+    amp = config_from_flags(parse("--mode=training_benchmark", "--amp", "--loss_scale=128"))
+    assert amp.compute.fixed_loss_scale == 128.0 and not amp.compute.dynamic_loss_scaling
+
+
 def test_same_spelling_twice_agrees_and_ours_given_equal_is_fine():
     values = given_values(parse("--mode=training_benchmark", "--amp", "--use_tf_amp", "--cosine"))
     assert values["amp"] is True and values["cosine_lr"] is True
@@ -383,7 +398,9 @@ def test_a_training_script_of_each_era_trains_under_horovodrun(
         {"total_loss", "cross_entropy", "l2_loss", "learning_rate", "imgs_per_sec"}
     ]
     # Their parser of a train_and_evaluate log: the last stdout line is the evaluation.
-    last = their_pipeline(proc.stdout, "tail -n1", "Results")
+    # (horovodrun prefixes each line with `[rank]<stdout>:`, which mpiexec does not.)
+    rank0 = "grep '^\\[0\\]<stdout>:' | sed 's/^\\[0\\]<stdout>://' | tail -n1"
+    last = their_pipeline(proc.stdout, rank0, "Results")
     assert re.match(
         r"Results top1_accuracy : [0-9.]+ top5_accuracy : [0-9.]+ eval_throughput : [0-9.]+ images/s",
         last,
