@@ -374,8 +374,9 @@ def test_a_static_loss_scale_stays_fixed_and_a_nan_step_is_skipped(tmp_path):
         before = [v.numpy().copy() for v in model_vars]
         bad = images.copy()
         bad[0, 0, 0, 0] = np.nan
-        losses = step(tf.constant(bad, tf.float16), labels, tf.constant(2, tf.int64))
-        assert not np.isfinite(losses.total.numpy())
+        # (The loss itself may stay finite in fp16 on a CPU, where ReLU turns NaN into 0; the
+        # gradients through the batch statistics do not.)
+        step(tf.constant(bad, tf.float16), labels, tf.constant(2, tf.int64))
         for a, v in zip(before, model_vars, strict=True):
             np.testing.assert_array_equal(a, v.numpy())
         assert int(step.first_nonfinite_step.numpy()) == 2
