@@ -3,7 +3,7 @@
 VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
 
-.PHONY: setup demo test lint format
+.PHONY: setup demo test lint format gpu-stack slurm
 
 setup:
 	@bash scripts/setup_env.sh
@@ -19,5 +19,18 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# tests/test_cluster.py starts a single-node Slurm: its Debian packages come first (root).
 test: lint
+	@bash scripts/install_slurm.sh
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# The GPU flavour (tensorflow[and-cuda], Horovod with NCCL + MPI + Gloo) built into its own
+# venv and checked; needs no GPU (docs/gpu_stack.md).
+GPU_VENV ?= .venv-gpu
+gpu-stack:
+	@VENV=$(GPU_VENV) TFCONVNETS_FLAVOUR=gpu bash scripts/setup_env.sh
+	@VENV=$(GPU_VENV) bash scripts/check_gpu_stack.sh
+
+# Slurm + munge for tests/test_cluster.py's single-node cluster (root, apt-get).
+slurm:
+	@bash scripts/install_slurm.sh

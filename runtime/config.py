@@ -17,6 +17,7 @@ from typing import Any
 
 from tfconvnets.config import Section, flag_name, option, require, require_given
 from tfconvnets.data import DataConfig
+from tfconvnets.deploy import EXPORT_FORMATS
 from tfconvnets.models import ModelConfig
 from tfconvnets.optimization import OptimizationConfig
 
@@ -188,7 +189,26 @@ class RunModeConfig(Section):
     )
     tensorboard: bool = option(True, "Write TensorBoard scalars to --model_dir.")
     export_dir: str | None = option(
-        None, "Write a SavedModel here (after training, or from --model_dir)."
+        None,
+        "Write the --export_format artifacts here (after training, or from --model_dir with "
+        "--mode=evaluate); --mode=inference_benchmark measures the artifacts found here.",
+    )
+    export_format: tuple[str, ...] = option(
+        ("savedmodel",),
+        f"Artifacts for --export_dir: any of {', '.join(EXPORT_FORMATS)} (docs/deployment.md).",
+        parse=str,
+    )
+    calibration_images: int = option(
+        512, "onnx-int8: validation images of --data_dir (eval preprocessing) to calibrate on."
+    )
+    onnx_provider: str = option(
+        "CPUExecutionProvider",
+        "ONNX Runtime execution provider for benchmarking ONNX artifacts (never a fallback).",
+    )
+    inference_input_dtype: str = option(
+        "float32",
+        "Input dtype of the benchmarked artifacts' signature.",
+        choices=("float32", "uint8"),
     )
     to_predict: str | None = option(None, "Image file or directory for --mode=predict.")
     inference_batch_sizes: tuple[int, ...] = option(
@@ -246,6 +266,16 @@ class RunConfig:
             require_given(data.data_dir, "data_dir", f"with --data_backend={data.backend}")
         if mode in MODES_NEEDING_MODEL_DIR:
             require_given(self.loop.model_dir, "model_dir", f"for --mode={mode}")
+        if (
+            "onnx-int8" in self.run.export_format
+            and self.run.export_dir
+            and mode != "inference_benchmark"
+        ):
+            require(
+                data.backend != "synthetic" and bool(data.data_dir),
+                "export_format",
+                "onnx-int8 calibrates on validation images: pass --data_dir",
+            )
         return self
 
     def flat(self) -> dict[str, Any]:

@@ -24,7 +24,9 @@ def explain_data_error(error: tf.errors.OpError, data: DataConfig) -> Exception:
         bad = [
             r
             for split in ("train", "validation")
-            for r in diagnose_corrupt_records(data.data_dir, split)
+            for r in diagnose_corrupt_records(
+                data.data_dir, split, data.num_classes, data.data_layout
+            )
         ]
         if bad:
             shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")

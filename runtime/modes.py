@@ -21,8 +21,8 @@ from runtime.evaluation import evaluate
 from runtime.factory import build_eval_step, build_model
 from runtime.process import Context
 from runtime.trainer import Trainer
-from tfconvnets.data import Pipeline, build_pipeline, read_class_names
-from tfconvnets.deploy.savedmodel import export_saved_model, inference_function
+from tfconvnets.data import Pipeline, build_pipeline, class_names, labels
+from tfconvnets.deploy.savedmodel import inference_function
 from tfconvnets.errors import UserError
 from tfconvnets.models import count_macs
 
@@ -112,14 +112,25 @@ def restore_trained_model(ctx: Context) -> keras.Model:
 
 
 def _export(ctx: Context, model: keras.Model) -> str | None:
+    """Writes the --export_format artifacts on the chief (INT8 calibrates on --data_dir)."""
+    from tfconvnets.deploy.artifacts import export_artifacts
+    from tfconvnets.deploy.precision import calibration_images
+
     config = ctx.config
     if not (config.run.export_dir and ctx.dist.is_chief):
         return None
-    path = export_saved_model(
-        model, config.run.export_dir, image_size=config.data.image_size, xla=config.compute.xla
+    formats = config.run.export_format
+    calibration = (
+        calibration_images(config.data, config.run.calibration_images)
+        if "onnx-int8" in formats
+        else None
     )
-    print(f"exported SavedModel: {path}", flush=True)
-    return path
+    export_artifacts(
+        model, config.run.export_dir, formats, image_size=config.data.image_size,
+        xla=config.compute.xla, calibration_images=calibration,
+    )  # fmt: skip
+    print(f"exported {', '.join(formats)}: {config.run.export_dir}", flush=True)
+    return config.run.export_dir
 
 
 # --- modes --------------------------------------------------------------------------------
@@ -192,12 +203,12 @@ def predict(ctx: Context) -> Results:
 
 
 def _class_names(config: RunConfig) -> list[str] | None:
-    for directory in (config.data.data_dir, config.loop.model_dir):
-        if directory and (Path(directory) / "labels.txt").is_file():
-            names = read_class_names(Path(directory) / "labels.txt")
-            if len(names) == config.data.num_classes:
-                return names
-    return None
+    """Names from --data_dir (labels.txt, or the folder layout's), else --model_dir's labels.txt."""
+    data = config.data
+    if data.data_dir and (names := class_names(data.data_dir, data.num_classes, data.data_layout)):
+        return names
+    model_dir = config.loop.model_dir
+    return labels.class_names(model_dir, data.num_classes) if model_dir else None
 
 
 def training_benchmark(ctx: Context) -> Results:
@@ -216,6 +227,8 @@ def training_benchmark(ctx: Context) -> Results:
 
 def inference_benchmark(ctx: Context) -> Results:
     config = ctx.config
+    if config.run.export_dir:  # the artifacts users will deploy, not the in-memory model
+        return _benchmark_exported(ctx)
     forward = inference_function(build_model(config), xla=config.compute.xla)
     results: Results = []
     loop = config.loop
@@ -246,6 +259,24 @@ def inference_benchmark(ctx: Context) -> Results:
         }
         results.append(row)
     return results
+
+
+def _benchmark_exported(ctx: Context) -> Results:
+    from tfconvnets.deploy.benchmark import benchmark_exported
+    from tfconvnets.deploy.precision import eval_images
+
+    config = ctx.config
+    loop, run = config.loop, config.run
+    batch_sizes = run.inference_batch_sizes or (loop.batch_size,)
+    images = None
+    if config.data.backend != "synthetic":
+        images = eval_images(config.data, max(batch_sizes))[0]
+    return benchmark_exported(
+        run.export_dir, run.export_format, batch_sizes, warmup=loop.warmup_steps,
+        iterations=loop.num_iter if loop.iter_unit == "batch" else 100,
+        input_dtype=run.inference_input_dtype, provider=run.onnx_provider,
+        num_threads=config.compute.intra_op_threads, images=images,
+    )  # fmt: skip
 
 
 def data_benchmark(ctx: Context) -> Results:

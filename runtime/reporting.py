@@ -186,11 +186,12 @@ class Reporter:
         for key, note in notes.items():
             logging.warning("%s %s", key, note)
         known = TRAIN_SUMMARY + EVAL_SUMMARY
-        groups = (
-            [k for k in logged if k not in known],
-            [k for k in TRAIN_SUMMARY if k in logged or k in notes],
-            [k for k in EVAL_SUMMARY if k in logged],
-        )
+        extras = [k for k in logged if k not in known]
+        train = [k for k in TRAIN_SUMMARY if k in logged or k in notes]
+        evaluation = [k for k in EVAL_SUMMARY if k in logged]
+        if not train and evaluation:  # an evaluation row (e.g. per format): one line says all
+            evaluation, extras = evaluation + extras, []
+        groups = (extras, train, evaluation)
         for keys in groups:
             if not keys:
                 continue

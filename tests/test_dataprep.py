@@ -66,8 +66,8 @@ def test_converts_folder_to_shards_indexes_and_labels(tmp_path):
         source, out, num_shards_train=2, num_shards_val=3, progress=False
     )
     assert summary.records == {"train": 9, "validation": 5} and summary.num_classes == 3
-    with open(os.path.join(out, "labels.txt")) as f:
-        assert f.read().splitlines() == ["a_dog", "b_cat", "c_fox"]  # line i = label i
+    with open(os.path.join(out, "labels.txt")) as f:  # line i = label i; no names: the folder's
+        assert f.read().splitlines() == ["a_dog\ta_dog", "b_cat\tb_cat", "c_fox\tc_fox"]
     names = sorted(n for n in os.listdir(out) if "-of-" in n)
     assert names == [
         "train-00000-of-00002",
@@ -80,6 +80,11 @@ def test_converts_folder_to_shards_indexes_and_labels(tmp_path):
         assert (
             index_lib.index_problem(os.path.join(out, name), os.path.join(out, "idx", name)) is None
         )
+        # Written from the record sizes: the same file DALI's tfrecord2idx makes.
+        dali_made = str(tmp_path / f"{name}.dali")
+        index_lib.build_index_files([(os.path.join(out, name), dali_made)])
+        with open(dali_made) as a, open(os.path.join(out, "idx", name)) as b:
+            assert [line.split() for line in a] == [line.split() for line in b]
 
     train = read_split(out, "train")
     labels = [feature(e, "image/class/label")[0] for e in train]
@@ -167,11 +172,11 @@ def test_interrupted_run_leaves_no_partial_shard(tmp_path, monkeypatch):
     real_encode = dataprep.encode_image
     calls = []
 
-    def interrupted(path):
-        calls.append(path)
+    def interrupted(data):
+        calls.append(data)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_encode(path)
+        return real_encode(data)
 
     monkeypatch.setattr(dataprep, "encode_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -202,10 +207,10 @@ def test_old_shards_of_another_count_are_replaced(tmp_path):
 
 
 def test_bad_input_folders(tmp_path):
-    with pytest.raises(UserError, match="no train/ folder"):
+    with pytest.raises(UserError, match="found no ImageNet layout"):
         dataprep.convert_dataset(str(tmp_path), str(tmp_path / "out"), progress=False)
     source = make_folder(tmp_path / "in", {"a": 2}, {"a": 1, "zebra": 1})
-    with pytest.raises(UserError, match="classes not in train/: zebra"):
+    with pytest.raises(UserError, match="class zebra is not a train class"):
         dataprep.convert_dataset(source, str(tmp_path / "out"), progress=False)
     with pytest.raises(UserError, match="--workers"):
         dataprep.convert_dataset(source, str(tmp_path / "out"), workers=0, progress=False)

@@ -57,7 +57,7 @@ def start(cmd: list[str]) -> subprocess.Popen:
 
 
 def wait_for_step(
-    proc: subprocess.Popen, minimum: int, lines: list[str], timeout: float = 300
+    proc: subprocess.Popen, minimum: int, lines: list[str], timeout: float = 900
 ) -> int:
     """Reads the job's output until rank 0 logs a step >= minimum; returns that step."""
     deadline = time.time() + timeout
@@ -68,7 +68,18 @@ def wait_for_step(
         lines.append(line)
         if (m := re.search(r"step (\d+): loss", line)) and int(m.group(1)) >= minimum:
             return int(m.group(1))
+    kill_tree(proc)
     raise AssertionError("no progress:\n" + "".join(lines[-40:]))
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """Kills a job and every process below it (a launcher may start its own session)."""
+    import psutil
+
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
 
 
 def worker_pids(proc: subprocess.Popen) -> list[int]:

@@ -76,9 +76,16 @@ def test_evaluate_predict_and_export_from_the_trained_checkpoint(trained, tmp_pa
     common = [*SMALL, f"--model_dir={model_dir}", f"--data_dir={data_dir}", "--data_backend=tf"]
     export_dir = tmp_path / "export"
     evaluated = main_py(
-        *common, "--mode=evaluate", f"--results_dir={tmp_path}", f"--export_dir={export_dir}"
-    )
+        *common, "--mode=evaluate", f"--results_dir={tmp_path}", f"--export_dir={export_dir}",
+        "--export_format=savedmodel,onnx,triton",
+    )  # fmt: skip
     assert re.search(r"^DLL .* - \(\) top1_accuracy : [\d.]+ ", evaluated.stdout, re.M)
+    # One command writes every format asked for (ONNX parity is tests/test_deploy.py's).
+    assert (export_dir / "saved_model.pb").is_file() and (export_dir / "model.onnx").is_file()
+    assert sorted(p.name for p in (export_dir / "triton").iterdir()) == [
+        "resnet50",
+        "resnet50_uint8",
+    ]
     summary = [r["data"] for r in read_log(tmp_path / "log.json") if r["step"] == []][-1]
     assert summary["eval_examples"] == 360
 

@@ -1,4 +1,4 @@
-"""The pinned stack runs for real: TF + Keras 3, the DALI TF plugin, Horovod over Gloo."""
+"""The pinned stack runs for real: TF + Keras 3, the DALI TF plugin, Horovod with MPI and Gloo."""
 
 import numpy as np
 import pytest
@@ -16,12 +16,16 @@ def test_imports():
     assert keras.__version__.startswith("3.")
     assert hasattr(dali_tf, "DALIDataset")
     assert hvd.gloo_built()
+    assert hvd.mpi_built()
 
 
-def test_horovodrun_check_build_lists_tensorflow_and_gloo():
+def test_horovodrun_check_build_lists_tensorflow_mpi_and_gloo():
     out = run([str(HOROVODRUN), "--check-build"]).stdout
-    assert "[X] TensorFlow" in out
-    assert "[X] Gloo" in out.split("Available Controllers")[1]
+    frameworks, rest = out.split("Available Controllers")
+    controllers = rest.split("Available Tensor Operations")[0]
+    assert "[X] TensorFlow" in frameworks
+    assert "[X] MPI" in controllers
+    assert "[X] Gloo" in controllers
 
 
 @pytest.mark.slow

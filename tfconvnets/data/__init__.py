@@ -24,7 +24,8 @@ import os
 from typing import TYPE_CHECKING
 
 from tfconvnets.config import Section, option, require
-from tfconvnets.data.records import SPLITS, diagnose_corrupt_records
+from tfconvnets.data.layouts import LAYOUTS as FOLDER_LAYOUTS
+from tfconvnets.data.records import SPLITS
 from tfconvnets.errors import UserError
 
 if TYPE_CHECKING:
@@ -33,9 +34,11 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKENDS",
     "DTYPES",
+    "DATA_LAYOUTS",
     "DataConfig",
     "Pipeline",
     "build_pipeline",
+    "class_names",
     "diagnose_corrupt_records",
     "eval_steps",
     "load_eval_image",
@@ -44,6 +47,7 @@ __all__ = [
 ]
 
 BACKENDS = ("dali", "tf", "synthetic")
+DATA_LAYOUTS = ("auto", "tfrecord", *FOLDER_LAYOUTS)
 DTYPES = ("float32", "float16", "bfloat16")
 DALI_DEVICES = ("auto", "cpu", "gpu")
 
@@ -61,7 +65,11 @@ class DataConfig(Section):
         choices=BACKENDS,
         flag="data_backend",
     )
-    data_dir: str | None = option(None, "Directory of ImageNet-format TFRecord shards.")
+    data_dir: str | None = option(
+        None,
+        "ImageNet TFRecord shards, or image folders read directly: train/<class>/ + "
+        "validation/<class>/, the extracted ILSVRC2012 release (flat val/ + devkit) or Kaggle's.",
+    )
     data_idx_dir: str | None = option(None, "DALI index files (built into a cache if missing).")
     image_size: int = option(224, "Training/eval image size.")
     num_classes: int = option(1000, "Number of classes (labels in the records are 1..C).")
@@ -74,6 +82,12 @@ class DataConfig(Section):
     skip_corrupt: bool = option(False, "Skip and count undecodable records.")
     dtype: str = option(
         "float32", "Image dtype (float16/bfloat16 under AMP).", choices=DTYPES, flag=False
+    )
+    data_layout: str = option(
+        "auto",
+        "What --data_dir holds: auto (detected and logged), tfrecord, or image folders: folders "
+        "(train/<class>/), ilsvrc2012 (extracted release + devkit), kaggle (ILSVRC/Data/CLS-LOC).",
+        choices=DATA_LAYOUTS,
     )
 
     def _check(self) -> None:
@@ -150,6 +164,29 @@ def build_pipeline(
     return dali_pipeline.build(config, gpu_id=gpu_id, **kwargs)
 
 
+def diagnose_corrupt_records(
+    data_dir: str, split: str, num_classes: int | None = None, data_layout: str = "auto"
+) -> list[str]:
+    """Names every bad record (or image file, for folder layouts) of a split, one per line.
+
+    See ``records.diagnose_corrupt_records``; for folders: ``<file>: image does not decode``.
+    """
+    from tfconvnets.data import records, sources
+
+    layout = sources.resolve_layout(data_dir, data_layout)
+    if layout == sources.TFRECORD:
+        return records.diagnose_corrupt_records(data_dir, split, num_classes)
+    return sources.diagnose_files(data_dir, layout, split)
+
+
+def class_names(data_dir: str, num_classes: int, data_layout: str = "auto") -> list[str] | None:
+    """Human-readable class names of ``data_dir`` (labels.txt or the folder layout's), index =
+    0-based label; None if there are not ``num_classes`` of them. For --mode=predict."""
+    from tfconvnets.data import sources
+
+    return sources.class_names(data_dir, num_classes, data_layout)
+
+
 def load_eval_image(path: str, image_size: int, dtype: str = "float32") -> tf.Tensor:
     """An image file with the eval preprocessing (for predict): [S, S, 3] in ``dtype``."""
     from tfconvnets.data import tf_pipeline
@@ -158,6 +195,10 @@ def load_eval_image(path: str, image_size: int, dtype: str = "float32") -> tf.Te
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
-    """The class names of a dataset's labels.txt, one per line: line i names label i (0-based)."""
-    with open(path) as f:
-        return [line.rstrip("\n") for line in f]
+    """The human-readable names of a labels.txt (index = 0-based label).
+
+    Reads dataprep's ``<wnid><TAB><name>`` lines and older one-name-per-line files alike.
+    """
+    from tfconvnets.data.labels import read_labels
+
+    return [c.text for c in read_labels(os.fspath(path))]

@@ -1,6 +1,7 @@
 """The DALI pipeline, consumed through ``nvidia.dali.plugin.tf.DALIDataset``.
 
-Train: ``readers.tfrecord`` (shuffle buffer records.SHUFFLE_BUFFER) ->
+Train: ``readers.tfrecord``, or ``readers.file`` for image folders (tfconvnets/data/sources.py,
+a ``file_list`` of the sorted split), with shuffle buffer records.SHUFFLE_BUFFER ->
 ``decoders.image_random_crop`` (area [crop_area_min, 1], aspect 3/4-4/3) -> ``resize`` to S x S
 -> ``crop_mirror_normalize`` (mirror from ``random.coin_flip``, HWC). Eval: ``decoders.image``
 -> ``resize(resize_shorter=S / EVAL_CROP_FRACTION)`` -> ``crop_mirror_normalize`` (center crop).
@@ -28,13 +29,14 @@ would decode the whole split on every start. The build fails with a UserError th
 
 from __future__ import annotations
 
+import os
 import types as pytypes
 
 import tensorflow as tf
 from absl import logging
 
 from tfconvnets import constants
-from tfconvnets.data import DataConfig, Pipeline, eval_steps, records, train_steps
+from tfconvnets.data import DataConfig, Pipeline, eval_steps, records, sources, train_steps
 from tfconvnets.data.tf_pipeline import eval_resize_size
 from tfconvnets.errors import UserError
 
@@ -75,7 +77,7 @@ def resolve_device(dali_device: str) -> str:
 
 def _dali_graph(
     dali: pytypes.SimpleNamespace,
-    plan: records.SplitPlan,
+    plan: records.SplitPlan | sources.FilePlan,
     config: DataConfig,
     *,
     batch_size: int,
@@ -96,13 +98,7 @@ def _dali_graph(
         seed=seed,
     )
     with pipe:
-        inputs = fn.readers.tfrecord(
-            path=[s.shard for s in plan.shards],
-            index_path=[s.index for s in plan.shards],
-            features={
-                records.ENCODED: tfrec.FixedLenFeature((), tfrec.string, ""),
-                records.LABEL: tfrec.FixedLenFeature([1], tfrec.int64, -1),
-            },
+        reader_args = dict(
             shard_id=shard_id,
             num_shards=num_shards,
             random_shuffle=training,
@@ -111,7 +107,23 @@ def _dali_graph(
             stick_to_shard=not training,
             name="Reader",
         )
-        jpegs = inputs[records.ENCODED]
+        if isinstance(plan, sources.FilePlan):
+            jpegs, stored_labels = fn.readers.file(
+                file_root=os.path.abspath(plan.data_dir),
+                file_list=sources.dali_file_list(plan),
+                **reader_args,
+            )
+        else:
+            inputs = fn.readers.tfrecord(
+                path=[s.shard for s in plan.shards],
+                index_path=[s.index for s in plan.shards],
+                features={
+                    records.ENCODED: tfrec.FixedLenFeature((), tfrec.string, ""),
+                    records.LABEL: tfrec.FixedLenFeature([1], tfrec.int64, -1),
+                },
+                **reader_args,
+            )
+            jpegs, stored_labels = inputs[records.ENCODED], inputs[records.LABEL]
         # nvJPEG buffer paddings from NVIDIA's ImageNet scripts (avoid reallocations).
         decoder_args = (
             {"device_memory_padding": 211_025_920, "host_memory_padding": 140_544_512}
@@ -147,7 +159,7 @@ def _dali_graph(
             std=list(constants.IMAGENET_STD_RGB),
             **normalize_args,
         )
-        labels = fn.cast(inputs[records.LABEL], dtype=types.INT32) - 1
+        labels = fn.cast(stored_labels, dtype=types.INT32) - 1
         if gpu and training:
             labels = labels.gpu()
         pipe.set_outputs(images, labels)
@@ -172,7 +184,9 @@ def build(
             "skip a record); use --data_backend=tf, or rebuild the dataset with "
             "`python -m tfconvnets.dataprep --skip_corrupt`"
         )
-    plan = records.plan_split(config.data_dir, config.data_idx_dir, split, shard_id, num_shards)
+    plan = sources.plan(
+        config.data_dir, config.data_idx_dir, config.data_layout, split, shard_id, num_shards
+    )
     device = resolve_device(config.dali_device)
     device_id = (gpu_id or 0) if device == "gpu" else None  # None: DALI's CPU-only mode
     size = config.image_size
@@ -205,8 +219,9 @@ def build(
     else:
         steps = eval_steps(plan.shard_examples, batch_size)
     logging.info(
-        "DALI %s pipeline: records [%d, %d) of %d (rank %d of %d), %d steps",
+        "DALI %s pipeline: %s [%d, %d) of %d (rank %d of %d), %d steps",
         split,
+        "files" if isinstance(plan, sources.FilePlan) else "records",
         plan.start,
         plan.end,
         plan.num_examples,

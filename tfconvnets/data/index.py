@@ -126,6 +126,24 @@ for shard, index in json.load(sys.stdin):
 """
 
 
+def write_index(shard_path: str, index_path: str, payload_sizes: Sequence[int]) -> None:
+    """Writes the index of a shard just written from its records' sizes (no re-read, no
+    subprocess), atomically; UserError if it does not describe the shard's bytes."""
+    lines = []
+    offset = 0
+    for payload in payload_sizes:
+        lines.append(f"{offset} {payload + _RECORD_OVERHEAD}\n")
+        offset += payload + _RECORD_OVERHEAD
+    temp = f"{index_path}.{os.getpid()}.tmp"
+    with open(temp, "w") as f:
+        f.write("".join(lines))
+    problem = index_problem(shard_path, temp)
+    if problem:
+        os.remove(temp)
+        raise UserError(f"{shard_path}: its index {problem}")
+    os.replace(temp, index_path)
+
+
 def build_index_files(pairs: Sequence[tuple[str, str]]) -> None:
     """Writes the index of each ``(shard, index_path)`` with DALI's tfrecord2idx, atomically.
 

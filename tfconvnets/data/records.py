@@ -110,10 +110,15 @@ def make_example(
     label: int,
     label_text: str,
     filename: str,
+    synset: str = "",
     height: int,
     width: int,
 ) -> bytes:
-    """One serialized ``tf.train.Example`` in the standard ImageNet layout (empty bbox lists)."""
+    """One serialized ``tf.train.Example`` in TF-slim's ImageNet layout (empty bbox lists).
+
+    ``synset`` is the WordNet ID (``image/class/synset``), ``label_text`` the human-readable
+    name (``image/class/text``).
+    """
     import tensorflow as tf
 
     def _bytes(value: bytes) -> tf.train.Feature:
@@ -126,6 +131,7 @@ def make_example(
     feature = {
         ENCODED: _bytes(encoded_jpeg),
         LABEL: _int(label),
+        "image/class/synset": _bytes(synset.encode()),
         "image/class/text": _bytes(label_text.encode()),
         "image/format": _bytes(b"JPEG"),
         FILENAME: _bytes(filename.encode()),
@@ -136,6 +142,7 @@ def make_example(
     }
     for coord in ("xmin", "ymin", "xmax", "ymax"):
         feature[f"image/object/bbox/{coord}"] = empty_floats
+    feature["image/object/bbox/label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[]))
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString()
 

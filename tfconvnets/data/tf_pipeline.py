@@ -10,6 +10,10 @@ split), located through the DALI index files. Training shuffles the rank's files
 (buffer of records.SHUFFLE_BUFFER) and repeats, so every epoch covers the range once; random
 ops are stateless and seeded per rank, so a run is reproducible for a given seed.
 
+Image folders (tfconvnets/data/sources.py): the rank's range of the sorted file list is read
+with ``tf.io.read_file`` (shuffled as a whole in training) and goes through the same
+preprocessing; PNG and other non-JPEG files are decoded with ``decode_image``.
+
 skip_corrupt: records whose JPEG fails to decode are dropped by ``ignore_errors`` right after
 decoding; tf.data logs a warning for each one. Label errors are checked after that step, so
 they still fail.
@@ -21,7 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfconvnets import constants
-from tfconvnets.data import DataConfig, Pipeline, eval_steps, records, train_steps
+from tfconvnets.data import DataConfig, Pipeline, eval_steps, records, sources, train_steps
 from tfconvnets.errors import UserError
 
 _READ_BUFFER_BYTES = 8 << 20
@@ -43,8 +47,51 @@ def _parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return parsed[records.ENCODED], parsed[records.LABEL]
 
 
+def _random_crop_window(
+    shape: tf.Tensor, seed: tf.Tensor, crop_area_min: float
+) -> tuple[tf.Tensor, tf.Tensor]:
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(crop_area_min, 1.0),
+        max_attempts=10,  # DALI's num_attempts default; the whole image if all fail
+        use_image_if_no_bounding_boxes=True,
+    )
+    return begin, size
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """[H, W, 3] uint8 of a JPEG, or of a PNG/BMP/GIF (files in folders may be any)."""
+    return tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+    )
+
+
+def decode_random_crop(encoded: tf.Tensor, seed: tf.Tensor, crop_area_min: float) -> tf.Tensor:
+    """A random-resized-crop window of the image; for JPEGs only the window is decoded."""
+
+    def jpeg() -> tf.Tensor:
+        begin, size = _random_crop_window(tf.io.extract_jpeg_shape(encoded), seed, crop_area_min)
+        top, left, _ = tf.unstack(begin)
+        height, width, _ = tf.unstack(size)
+        return tf.image.decode_and_crop_jpeg(encoded, [top, left, height, width], channels=3)
+
+    def other() -> tf.Tensor:
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        begin, size = _random_crop_window(tf.shape(image), seed, crop_area_min)
+        return tf.slice(image, begin, size)
+
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+
+
 def preprocess_train(
-    serialized: tf.Tensor,
+    encoded: tf.Tensor,
+    label: tf.Tensor,
     seed: tf.Tensor,
     *,
     image_size: int,
@@ -52,21 +99,9 @@ def preprocess_train(
     random_flip: bool,
     dtype: str,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    encoded, label = _parse(serialized)
+    """Encoded image and its 1-based label -> augmented [S, S, 3] image and 0-based label."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.io.extract_jpeg_shape(encoded),
-        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
-        seed=crop_seed,
-        min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(crop_area_min, 1.0),
-        max_attempts=10,  # DALI's num_attempts default; the whole image if all fail
-        use_image_if_no_bounding_boxes=True,
-    )
-    top, left, _ = tf.unstack(begin)
-    height, width, _ = tf.unstack(size)
-    image = tf.image.decode_and_crop_jpeg(encoded, [top, left, height, width], channels=3)
+    image = decode_random_crop(encoded, crop_seed, crop_area_min)
     image = tf.image.resize(image, [image_size, image_size], antialias=True)
     if random_flip:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
@@ -88,10 +123,9 @@ def eval_transform(image: tf.Tensor, *, image_size: int, dtype: str) -> tf.Tenso
 
 
 def preprocess_eval(
-    serialized: tf.Tensor, *, image_size: int, dtype: str
+    encoded: tf.Tensor, label: tf.Tensor, *, image_size: int, dtype: str
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    encoded, label = _parse(serialized)
-    image = tf.io.decode_jpeg(encoded, channels=3)
+    image = decode_image(encoded)
     return eval_transform(image, image_size=image_size, dtype=dtype), label - 1
 
 
@@ -132,6 +166,25 @@ def _read_records(
     )
 
 
+def _read_files(files: sources.FilePlan, training: bool, seed: int) -> tf.data.Dataset:
+    """``{"path", "label"}`` of this rank's range of files (the whole range shuffled in training)."""
+    ds = tf.data.Dataset.from_tensor_slices(
+        {
+            "path": list(files.paths[files.start : files.end]),
+            "label": tf.constant(files.labels[files.start : files.end], tf.int64),
+        }
+    )
+    if training:
+        ds = ds.shuffle(files.shard_examples, seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+
+def _encoded_and_label(element: tf.Tensor | dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    if isinstance(element, dict):  # a file
+        return tf.io.read_file(element["path"]), element["label"]
+    return _parse(element)  # a serialized record
+
+
 def build(
     config: DataConfig,
     *,
@@ -142,21 +195,29 @@ def build(
     num_shards: int,
     seed: int,
 ) -> Pipeline:
-    plan = records.plan_split(config.data_dir, config.data_idx_dir, split, shard_id, num_shards)
+    plan = sources.plan(
+        config.data_dir, config.data_idx_dir, config.data_layout, split, shard_id, num_shards
+    )
     rank_seed = records.rank_seed(seed, shard_id)
     size = config.image_size
 
     def finish(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return image, records.check_labels(label, config.num_classes, config.data_dir, split)
 
-    raw = _read_records(plan, training, rank_seed, config.num_threads)
+    if isinstance(plan, sources.FilePlan):
+        raw = _read_files(plan, training, rank_seed)
+        what = "files"
+    else:
+        raw = _read_records(plan, training, rank_seed, config.num_threads)
+        if training:
+            raw = raw.shuffle(records.SHUFFLE_BUFFER, seed=rank_seed, reshuffle_each_iteration=True)
+        what = "records"
     if training:
-        raw = raw.shuffle(records.SHUFFLE_BUFFER, seed=rank_seed, reshuffle_each_iteration=True)
-        # One [2] seed per record for the stateless random ops.
+        # One [2] seed per image for the stateless random ops.
         seeds = tf.data.Dataset.random(seed=rank_seed).batch(2)
         ds = tf.data.Dataset.zip((raw.repeat(), seeds)).map(
-            lambda serialized, s: preprocess_train(
-                serialized,
+            lambda element, s: preprocess_train(
+                *_encoded_and_label(element),
                 s,
                 image_size=size,
                 crop_area_min=config.crop_area_min,
@@ -172,7 +233,9 @@ def build(
         steps = train_steps(plan.num_examples, batch_size, num_shards)
     else:
         ds = raw.map(
-            lambda serialized: preprocess_eval(serialized, image_size=size, dtype=config.dtype),
+            lambda element: preprocess_eval(
+                *_encoded_and_label(element), image_size=size, dtype=config.dtype
+            ),
             num_parallel_calls=config.num_threads,
             deterministic=True,
         )
@@ -191,8 +254,9 @@ def build(
     options.threading.private_threadpool_size = config.num_threads
     ds = ds.prefetch(tf.data.AUTOTUNE).with_options(options)
     logging.info(
-        "tf.data %s pipeline: records [%d, %d) of %d (rank %d of %d), %d steps",
+        "tf.data %s pipeline: %s [%d, %d) of %d (rank %d of %d), %d steps",
         split,
+        what,
         plan.start,
         plan.end,
         plan.num_examples,

@@ -1,0 +1,286 @@
+"""Cluster launches, run for real: `mpirun`, `horovodrun --mpi/--gloo`, and the Slurm sbatch
+script submitted to a single-node Slurm cluster that the test starts on this machine."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.launch import HOROVODRUN, REPO_ROOT, mpirun, mpirun_root_env, run, subprocess_env
+from tfconvnets import checkpoints
+from tfconvnets.dllogger import read_log
+
+SMALL = [
+    "--arch=resnet50", "--image_size=32", "--num_classes=10", "--batch_size=8",
+    "--display_every=5", "--noprogress_bar", "--num_threads=1", "--noamp",
+]  # fmt: skip
+SLURM_SCRIPT = REPO_ROOT / "examples" / "slurm" / "one_node_8gpu.sbatch"
+SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo")
+
+
+def fingerprints(output: str) -> dict[int, str]:
+    return {int(r): f for r, f in re.findall(r"rank (\d+): weights fingerprint (\w+)", output)}
+
+
+def train_args(data_dir: str, model_dir: Path, steps: int) -> list[str]:
+    return [
+        *SMALL, "--mode=train", f"--data_dir={data_dir}", "--data_backend=dali",
+        "--dali_device=cpu", f"--model_dir={model_dir}", f"--num_iter={steps}",
+        "--iter_unit=batch", "--lr_warmup_epochs=0.1", "--zero_init_last_bn",
+        "--crop_area_min=0.5", "--norandom_flip", "--checkpoint_every=10",
+    ]  # fmt: skip
+
+
+def losses(model_dir: Path) -> list[float]:
+    records = [r for r in read_log(model_dir / "log.json") if len(r["step"]) == 2]
+    return [float(r["data"]["total_loss"]) for r in records]
+
+
+def assert_trained_in_step(output: str, model_dir: Path, ranks: int, steps: int) -> None:
+    prints = fingerprints(output)
+    assert set(prints) == set(range(ranks)), output[-3000:]
+    assert len(set(prints.values())) == 1
+    assert f"all {ranks} ranks hold identical weights" in output
+    assert steps in [int(p.name.split("-")[1]) for p in checkpoints.list_checkpoints(model_dir)]
+    loss = losses(model_dir)
+    # Every display step (every 5) logged a finite loss. (A falling loss is not asserted:
+    # 30 steps of batch 8 per rank are too few to show one; see docs/cluster.md.)
+    assert len(loss) == steps // 5 and np.isfinite(loss).all(), loss
+
+
+@pytest.mark.slow
+def test_mpirun_trains_main_py_through_dali_on_the_cpu(digits_tfrecords, tmp_path):
+    model_dir = tmp_path / "model"
+    # The timeout only stops a hung launch: on 2 busy cores 30 steps took 8 minutes.
+    proc = mpirun(2, ["main.py", *train_args(digits_tfrecords, model_dir, 30)], timeout=1800)
+    assert_trained_in_step(proc.stdout + proc.stderr, model_dir, ranks=2, steps=30)
+
+
+@pytest.mark.parametrize("controller", ["mpi", "gloo"])
+def test_horovodrun_runs_on_both_controllers(controller):
+    cmd = [str(HOROVODRUN), "-np", "2", "-H", "localhost:2", f"--{controller}"]
+    cmd += [sys.executable, "tests/workers/hvd_controller.py"]
+    proc = run(cmd, timeout=300, **(mpirun_root_env() if controller == "mpi" else {}))
+    lines = sorted(
+        re.findall(r"rank (\d) of (\d): controller (\w+), allreduce sum (\S+)", proc.stdout)
+    )
+    assert lines == [("0", "2", controller, "3.0"), ("1", "2", controller, "3.0")], proc.stdout
+
+
+def test_horovod_finds_the_venvs_libmpi_without_ld_library_path():
+    import horovod.tensorflow as hvd
+
+    lib = Path(hvd.__file__).parent / "mpi_lib.cpython-{}{}-x86_64-linux-gnu.so".format(
+        *sys.version_info[:2]
+    )
+    out = run(["ldd", str(lib)], LD_LIBRARY_PATH="").stdout
+    libmpi = re.search(r"libmpi\.so\.40 => (\S+)", out)
+    assert libmpi, out
+    assert Path(libmpi.group(1)).resolve().parent == (Path(sys.prefix) / "lib").resolve()
+
+
+@pytest.mark.parametrize("script", ["one_node_8gpu.sbatch", "multi_node_8gpu.sbatch"])
+def test_sbatch_scripts_say_in_one_line_what_is_missing(script, tmp_path):
+    env = subprocess_env(VENV=str(tmp_path / "no-venv"), DATA_DIR=str(tmp_path))
+    proc = subprocess.run(
+        ["bash", str(REPO_ROOT / "examples" / "slurm" / script)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"mpirun not found in {tmp_path / 'no-venv'}/bin: run scripts/setup_env.sh there "
+        "(it installs Open MPI from PyPI) or set VENV"
+    ]
+
+
+def test_kubernetes_mpijob_asks_for_as_many_ranks_as_gpus():
+    (job,) = yaml.safe_load_all((REPO_ROOT / "examples/kubernetes/mpijob.yaml").read_text())
+    assert job["apiVersion"] == "kubeflow.org/v2beta1" and job["kind"] == "MPIJob"
+    specs = job["spec"]["mpiReplicaSpecs"]
+    worker = specs["Worker"]["template"]["spec"]["containers"][0]
+    gpus = int(worker["resources"]["limits"]["nvidia.com/gpu"])
+    assert job["spec"]["slotsPerWorker"] == gpus
+    command = specs["Launcher"]["template"]["spec"]["containers"][0]["command"]
+    assert command[0] == "mpirun" and "main.py" in " ".join(command)
+    assert int(command[command.index("-np") + 1]) == gpus * specs["Worker"]["replicas"]
+
+
+# ---------------------------------------------------------------------------------------
+# A real single-node Slurm cluster (Debian 12's slurmctld/slurmd 22.05 and munge, installed
+# by scripts/install_slurm.sh), started by the test and stopped after it.
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SlurmCluster:
+    TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                "PREEMPTED", "BOOT_FAIL", "DEADLINE"}  # fmt: skip
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.procs: list[subprocess.Popen] = []
+        self.env = subprocess_env(SLURM_CONF=str(root / "slurm.conf"))
+
+    def start(self) -> None:
+        root = self.root
+        for d in ("munge", "state", "spool", "log"):
+            (root / d).mkdir(mode=0o700)
+        key = root / "munge" / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        sock = root / "munge" / "munge.sock"
+        # The node line as slurmd detects it (CPUs, sockets, memory), so the node is not
+        # drained for claiming more than it has.
+        node = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True)
+        node_line = node.stdout.splitlines()[0]
+        name = re.match(r"NodeName=(\S+)", node_line).group(1)
+        (root / "slurm.conf").write_text(
+            "\n".join(
+                [
+                    "ClusterName=tfconvnets-test",
+                    f"SlurmctldHost={name}(127.0.0.1)",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    f"SlurmctldPort={free_port()}",
+                    f"SlurmdPort={free_port()}",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    f"AuthInfo=socket={sock}",
+                    f"StateSaveLocation={root / 'state'}",
+                    f"SlurmdSpoolDir={root / 'spool'}",
+                    f"SlurmctldPidFile={root / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={root / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
+                    f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "AccountingStorageType=accounting_storage/none",
+                    "SchedulerType=sched/builtin",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core",
+                    "MpiDefault=none",
+                    "ReturnToService=2",
+                    "MinJobAge=3600",
+                    "KillWait=30",
+                    f"{node_line} NodeAddr=127.0.0.1 State=UNKNOWN",
+                    f"PartitionName=test Nodes={name} Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
+        self._spawn(
+            "munged", "-F", "--force", f"--key-file={key}", f"--socket={sock}",
+            f"--pid-file={root / 'munge' / 'munged.pid'}", f"--seed-file={root / 'munge' / 'seed'}",
+            f"--log-file={root / 'log' / 'munged.log'}",
+        )  # fmt: skip
+        self._wait_for(sock.exists, "munged to create its socket")
+        self._spawn("slurmctld", "-D", "-i")
+        self._spawn("slurmd", "-D")
+        self._wait_for(lambda: self._node_state() == "idle", "the node to come up idle")
+
+    def _spawn(self, *cmd: str) -> None:
+        log = open(self.root / "log" / f"{cmd[0]}.out", "w")  # noqa: SIM115 (closed with the process)
+        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT))
+
+    def _node_state(self) -> str:
+        proc = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], env=self.env, capture_output=True, text=True
+        )
+        return proc.stdout.strip()
+
+    def _wait_for(self, ready, what: str, limit: float = 120) -> None:
+        # Waits for readiness; the limit only stops a cluster that never comes up.
+        deadline = time.monotonic() + limit
+        while not ready():
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise AssertionError(f"{p.args[0]} exited {p.returncode}\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gave up waiting for {what}\n{self.logs()}")
+            time.sleep(0.5)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((self.root / "log").iterdir())
+        )
+
+    def sbatch(self, *args: str, **env: str) -> str:
+        proc = subprocess.run(
+            ["sbatch", "--parsable", *args],
+            env={**self.env, **env}, cwd=REPO_ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip().split(";")[0]
+
+    def job(self, job_id: str) -> dict[str, str]:
+        proc = subprocess.run(
+            ["scontrol", "-o", "show", "job", job_id], env=self.env, capture_output=True, text=True
+        )
+        return dict(f.split("=", 1) for f in proc.stdout.split() if "=" in f)
+
+    def wait(self, job_id: str, limit: float = 1800) -> dict[str, str]:
+        self._wait_for(
+            lambda: self.job(job_id).get("JobState") in self.TERMINAL, f"job {job_id}", limit
+        )
+        return self.job(job_id)
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.terminate()
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    missing = [b for b in SLURM_BINARIES if shutil.which(b) is None]
+    if missing:
+        pytest.fail(
+            f"Slurm is not installed ({', '.join(missing)} missing): run "
+            "scripts/install_slurm.sh as root (Debian/Ubuntu: slurmctld slurmd slurm-client munge)",
+            pytrace=False,
+        )
+    if os.geteuid() != 0:
+        pytest.fail("the Slurm test starts slurmd, which must run as root", pytrace=False)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.slow
+def test_one_node_sbatch_script_trains_under_a_real_slurm(slurm, digits_tfrecords, tmp_path):
+    model_dir = tmp_path / "model"
+    output = tmp_path / "job.out"
+    job_id = slurm.sbatch(
+        "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={output}",
+        str(SLURM_SCRIPT), *train_args(digits_tfrecords, model_dir, 30),
+        DATA_DIR=digits_tfrecords, MODEL_DIR=str(model_dir), **mpirun_root_env(),
+    )  # fmt: skip
+    job = slurm.wait(job_id)
+    log = output.read_text() if output.exists() else "(no job output)"
+    assert job["JobState"] == "COMPLETED", f"{job}\n{log[-5000:]}\n{slurm.logs()}"
+    assert job["ExitCode"] == "0:0"
+    assert_trained_in_step(log, model_dir, ranks=2, steps=30)
+    assert "tfconvnets: launcher exited with 0" in log

@@ -1,0 +1,322 @@
+"""Serving artifacts: ONNX (fp32, fp16, INT8) against the SavedModel, Triton repositories.
+
+Exports run in this process; the artifacts are loaded and run in a fresh Python process
+(TensorFlow for the SavedModel, ONNX Runtime for ONNX), as a server would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.launch import REPO_ROOT, subprocess_env
+from tfconvnets.errors import UserError
+from tfconvnets.models import list_models
+
+IMAGE_SIZE = 32
+NUM_CLASSES = 10
+
+# Runs in a fresh process: every artifact on the same images, results as JSON.
+COMPARE_SNIPPET = r"""
+import json, sys
+import numpy as np
+from tfconvnets.deploy.predictors import load_artifact
+export_dir, images_path, formats = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+images = np.load(images_path)
+out = {}
+for fmt in formats:
+    for dtype in ("float32", "uint8"):
+        batch = np.rint(images).astype(np.uint8) if dtype == "uint8" else images
+        result = load_artifact(export_dir, fmt, input_dtype=dtype, num_threads=1)(batch)
+        out[f"{fmt}/{dtype}"] = {k: v.tolist() for k, v in result.items()}
+print(json.dumps(out))
+"""
+
+
+def run_fresh(export_dir: Path, images: np.ndarray, formats: str, tmp_path: Path) -> dict:
+    np.save(tmp_path / "images.npy", images)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            COMPARE_SNIPPET,
+            str(export_dir),
+            str(tmp_path / "images.npy"),
+            formats,
+        ],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def varied_model(arch: str, grouped_conv: str = "split"):
+    """A small model whose random weights still give different classes to different images.
+
+    With random init every input of a deep net lands in one class (the pooled features share
+    one large common part), and a top-1 comparison would test nothing. So BN gets non-trivial
+    statistics, and the classifier is re-drawn around the mean feature of the test images.
+    """
+    import keras
+
+    from tfconvnets.constants import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+    from tfconvnets.models import create_model
+
+    model = create_model(
+        arch,
+        NUM_CLASSES,
+        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+        grouped_conv=grouped_conv,
+        seed=3,
+    )
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights(
+                [
+                    gamma * rng.uniform(0.3, 0.8, gamma.shape),
+                    rng.normal(0, 0.1, beta.shape),
+                    rng.normal(0, 0.1, mean.shape),
+                    rng.uniform(0.5, 2.0, variance.shape),
+                ]
+            )
+    pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
+    normalized = (test_images() - np.asarray(IMAGENET_MEAN_RGB)) / np.asarray(IMAGENET_STD_RGB)
+    features = np.asarray(pooled(normalized.astype(np.float32), training=False))
+    centered = features - features.mean(axis=0)
+    kernel = rng.normal(0, 1, (features.shape[1], NUM_CLASSES)) / (
+        np.linalg.norm(centered, axis=1).mean() + 1e-12
+    )
+    kernel *= 3.0  # logits spread of a few units: distinct classes, unsaturated softmax
+    model.get_layer("classifier").set_weights([kernel, -features.mean(axis=0) @ kernel])
+    return model
+
+
+def test_images(count: int = 16) -> np.ndarray:
+    """Smooth random patterns with different colours and frequencies, 0-255 float32."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] / IMAGE_SIZE
+    images = []
+    for _ in range(count):
+        fx, fy, phase = rng.uniform(0.5, 4, 3)
+        colour = rng.uniform(0, 1, 3)
+        wave = 0.5 + 0.5 * np.sin(2 * np.pi * (fx * x + fy * y) + phase)
+        images.append(255 * wave[..., None] * colour)
+    return np.asarray(images, np.float32)
+
+
+test_images.__test__ = False  # a helper, not a test
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_onnx_fp32_matches_the_savedmodel(arch, tmp_path):
+    import onnx
+
+    from tfconvnets.deploy.artifacts import export_artifacts
+
+    model = varied_model(arch)
+    export_dir = tmp_path / "export"
+    written = export_artifacts(
+        model, export_dir, ["savedmodel", "onnx"], image_size=IMAGE_SIZE, xla=False
+    )
+    assert sorted(written) == ["onnx", "savedmodel"]
+
+    # A grouped conv is one ONNX Conv with group=32, not 32 convs (or an unconverted TF call).
+    graph = onnx.load(str(export_dir / "model.onnx")).graph
+    groups = [
+        a.i for n in graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"
+    ]
+    expected_grouped = 0 if arch == "resnet50" else 33  # 3 + 4 + 23 + 3 blocks
+    assert sum(g == 32 for g in groups) == expected_grouped
+    assert {i.name for i in graph.input} == {"images"}
+    assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim][:1] == ["batch"]
+
+    images = test_images()
+    results = run_fresh(export_dir, images, "savedmodel,onnx", tmp_path)
+    reference = np.asarray(results["savedmodel/float32"]["probabilities"])
+    assert (
+        len(set(results["savedmodel/float32"]["classes"])) > 1
+    ), "the test images all got one class"
+    for dtype in ("float32", "uint8"):
+        saved = results[f"savedmodel/{dtype}"]
+        exported = results[f"onnx/{dtype}"]
+        delta = np.abs(np.asarray(exported["probabilities"]) - np.asarray(saved["probabilities"]))
+        assert delta.max() <= 1e-4, (dtype, delta.max())
+        assert exported["classes"] == saved["classes"]
+    # The uint8 signature sees the rounded images: close to, not equal to, the float one.
+    assert np.abs(np.asarray(results["onnx/uint8"]["probabilities"]) - reference).max() < 0.05
+
+
+def test_unconverted_tf_ops_are_refused_not_written():
+    """tf2onnx exits cleanly while leaving Keras's XLA-wrapped grouped conv unconverted; the
+    check on the converted graph is what catches it."""
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    from tfconvnets.deploy.onnx_export import ExportError, check_pure_onnx
+
+    inputs = keras.Input((8, 8, 4))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3, groups=2)(inputs))
+    spec = tf.TensorSpec([None, 8, 8, 4], tf.float32)
+    function = tf.function(lambda x: model(x), input_signature=[spec])
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=17)
+    with pytest.raises(ExportError, match="StatefulPartitionedCall"):
+        check_pure_onnx(proto, source="grouped")
+
+
+@pytest.fixture(scope="module")
+def resnet50_export(tmp_path_factory, digits_tfrecords) -> Path:
+    """resnet50 at 32 px in every format, INT8 calibrated on the digits' validation split."""
+    from tfconvnets.data import DataConfig
+    from tfconvnets.deploy.artifacts import export_artifacts
+    from tfconvnets.deploy.precision import calibration_images
+
+    export_dir = tmp_path_factory.mktemp("resnet50") / "export"
+    data = DataConfig(
+        backend="tf", data_dir=digits_tfrecords, image_size=IMAGE_SIZE, num_classes=10
+    )
+    calibration = calibration_images(data, 48)
+    assert calibration.shape == (48, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert calibration.min() >= 0 and calibration.max() <= 255 and calibration.std() > 10
+    export_artifacts(
+        varied_model("resnet50"),
+        export_dir,
+        ["savedmodel", "onnx", "onnx-fp16", "onnx-int8", "triton"],
+        image_size=IMAGE_SIZE,
+        xla=False,
+        calibration_images=calibration,
+    )
+    return export_dir
+
+
+def test_fp16_and_int8_models_run_in_onnx_runtime(resnet50_export, tmp_path):
+    import onnx
+
+    int8_ops = {n.op_type for n in onnx.load(str(resnet50_export / "model_int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= int8_ops
+    fp16 = onnx.load(str(resnet50_export / "model_fp16.onnx")).graph
+    assert fp16.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.initializer)
+
+    images = test_images()
+    results = run_fresh(resnet50_export, images, "onnx,onnx-fp16,onnx-int8", tmp_path)
+    fp32 = np.asarray(results["onnx/float32"]["probabilities"])
+    fp16_delta = np.abs(np.asarray(results["onnx-fp16/float32"]["probabilities"]) - fp32).max()
+    assert fp16_delta < 1e-2
+    for dtype in ("float32", "uint8"):
+        probabilities = np.asarray(results[f"onnx-int8/{dtype}"]["probabilities"])
+        assert probabilities.shape == fp32.shape
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+
+
+def test_triton_repository_configs_match_the_models(resnet50_export):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from tfconvnets.deploy.triton import check_config
+
+    for name, input_type in (("resnet50", "TYPE_FP32"), ("resnet50_uint8", "TYPE_UINT8")):
+        model_dir = resnet50_export / "triton" / name
+        assert (model_dir / "1" / "model.onnx").is_file()
+        text = (model_dir / "config.pbtxt").read_text()
+        config = text_format.Parse(text, mc.ModelConfig())
+        assert config.name == name and config.platform == "onnxruntime_onnx"
+        assert config.max_batch_size == 64 and config.HasField("dynamic_batching")
+        assert [mc.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group] == [
+            "KIND_GPU"
+        ]
+        (images,) = config.input
+        assert (images.name, mc.DataType.Name(images.data_type), list(images.dims)) == (
+            "images",
+            input_type,
+            [IMAGE_SIZE, IMAGE_SIZE, 3],
+        )
+        probabilities, classes = config.output
+        assert (probabilities.name, list(probabilities.dims)) == ("probabilities", [NUM_CLASSES])
+        assert mc.DataType.Name(classes.data_type) == "TYPE_INT64"
+        assert list(classes.dims) == [1] and list(classes.reshape.shape) == []
+        check_config(model_dir / "config.pbtxt", model_dir)
+
+        # The check compares with the model file: a wrong dim or dtype is caught.
+        for wrong in (
+            text.replace(f"dims: {NUM_CLASSES}", f"dims: {NUM_CLASSES + 1}"),
+            text.replace(input_type, "TYPE_FP16"),
+            text.replace('name: "probabilities"', 'name: "logits"'),
+        ):
+            assert wrong != text
+            (model_dir / "config.pbtxt").write_text(wrong)
+            with pytest.raises(UserError, match="config.pbtxt"):
+                check_config(model_dir / "config.pbtxt", model_dir)
+        (model_dir / "config.pbtxt").write_text(text)
+
+
+def test_triton_repository_of_the_savedmodel(resnet50_export, tmp_path):
+    from tfconvnets.deploy.predictors import SIGNATURES
+    from tfconvnets.deploy.triton import TritonOptions, check_config, write_model
+
+    options = TritonOptions(instance_kind="cpu", max_batch_size=8)
+    model_dir = write_model(
+        tmp_path, "rn50_uint8", resnet50_export, options, signature=SIGNATURES["uint8"]
+    )
+    copied = {p.name for p in (model_dir / "1" / "model.savedmodel").iterdir()}
+    assert {"saved_model.pb", "variables"} <= copied  # and not the ONNX files or triton/ beside it
+    assert not any(name.endswith(".onnx") or name == "triton" for name in copied)
+    text = (model_dir / "config.pbtxt").read_text()
+    assert 'platform: "tensorflow_savedmodel"' in text and "serving_uint8" in text
+    assert "KIND_CPU" in text and "TYPE_UINT8" in text
+    check_config(model_dir / "config.pbtxt", model_dir)
+
+
+def test_inference_benchmark_of_an_artifact(resnet50_export):
+    from tfconvnets.deploy.benchmark import benchmark_exported
+
+    rows = benchmark_exported(
+        str(resnet50_export), ["savedmodel", "onnx-int8"], [1, 4], warmup=1, iterations=3,
+        input_dtype="uint8", num_threads=1,
+    )  # fmt: skip
+    assert [(r["export_format"], r["batch_size"]) for r in rows] == [
+        ("savedmodel", 1), ("savedmodel", 4), ("onnx-int8", 1), ("onnx-int8", 4)
+    ]  # fmt: skip
+    for row in rows:
+        assert row["eval_throughput"] > 0
+        assert row["eval_latency_p50"] <= row["eval_latency_p90"] <= row["eval_latency_p99"]
+
+
+def test_bad_requests_get_one_line_errors(resnet50_export, tmp_path):
+    from tfconvnets.data import DataConfig
+    from tfconvnets.deploy.artifacts import export_artifacts, parse_formats
+    from tfconvnets.deploy.precision import calibration_images
+    from tfconvnets.deploy.predictors import load_artifact
+
+    cases = [
+        (lambda: parse_formats("onnx,tensorrt"), "--export_format=.*tensorrt"),
+        (
+            lambda: export_artifacts(object(), tmp_path, ["onnx-int8"], image_size=32, xla=False),
+            "--export_format=onnx-int8 needs calibration images: pass --data_dir",
+        ),
+        (
+            lambda: calibration_images(DataConfig(backend="synthetic", image_size=32), 8),
+            "--data_dir",
+        ),
+        (
+            lambda: load_artifact(resnet50_export, "onnx-fp16", provider="CUDAExecutionProvider"),
+            "--onnx_provider=CUDAExecutionProvider is not available",
+        ),
+        (lambda: load_artifact(tmp_path, "savedmodel"), "no saved_model.pb"),
+        (lambda: load_artifact(tmp_path, "onnx-int8"), "model_int8.onnx does not exist"),
+    ]
+    for call, message in cases:
+        with pytest.raises(UserError, match=message) as error:
+            call()
+        assert "\n" not in str(error.value)
