@@ -38,7 +38,8 @@ def resolve_config(values: Mapping[str, Any] | None = None, **more: Any) -> RunC
 
     Only what is given overrides the recipe. The data backend defaults to dali with a data
     dir and to synthetic data for the benchmark modes; a training run without data is an
-    error, never a silent switch to random data. --results_dir defaults to --model_dir.
+    error, never a silent switch to random data. --results_dir defaults to --model_dir, and
+    --model_dir to --results_dir (NVIDIA's scripts pass only --results_dir).
     """
     values = {**(values or {}), **more}
     unknown = sorted(set(values) - set(FLAG_FIELDS) - {"recipe"})
@@ -58,10 +59,12 @@ def resolve_config(values: Mapping[str, Any] | None = None, **more: Any) -> RunC
             )
         else:
             data = data.replace(backend="synthetic")
-    run = config.run
-    if run.results_dir is None and config.loop.model_dir:
-        run = run.replace(results_dir=config.loop.model_dir)
+    run, loop = config.run, config.loop
+    if run.results_dir is None and loop.model_dir:
+        run = run.replace(results_dir=loop.model_dir)
+    elif loop.model_dir is None and run.results_dir:
+        loop = loop.replace(model_dir=run.results_dir)
     config = dataclasses.replace(
-        config, data=data.replace(dtype=config.compute.compute_dtype), run=run
+        config, data=data.replace(dtype=config.compute.compute_dtype), run=run, loop=loop
     )
     return config.validate()

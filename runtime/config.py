@@ -44,7 +44,9 @@ class LoopConfig(Section):
     batch_size: int = option(256, "Batch size per GPU/process.")
     num_iter: int = option(90, "Training length in --iter_unit.")
     iter_unit: str = option("epoch", "Unit of --num_iter.", choices=("epoch", "batch"))
-    run_iter: int = option(-1, "Steps to run in this invocation (-1: to the end).")
+    run_iter: int = option(
+        -1, "How much to train in this invocation, in --iter_unit (-1: to the end)."
+    )
     warmup_steps: int = option(20, "Steps excluded from throughput numbers.")
     eval_every: int = option(1, "Evaluate every N epochs in train_and_evaluate.")
     checkpoint_every: int = option(1000, "Checkpoint every N steps (and at each epoch end).")
@@ -103,6 +105,19 @@ class ComputeConfig(Section):
     stall_shutdown_seconds: int = option(
         900, "End the job when a collective has waited this long for a stalled rank (0: never)."
     )
+    static_loss_scale: float = option(
+        0.0,
+        "A fixed loss scale for --amp --amp_dtype=float16: the loss is multiplied by it and the "
+        "gradients divided by it; non-finite steps are still skipped (0: dynamic loss scaling).",
+    )
+    cpu: bool = option(
+        False, "Run on the CPU even where GPUs are visible (they are hidden; DALI runs on the CPU)."
+    )
+    gpu: int = option(
+        -1,
+        "CUDA ordinal of a single-process run (-1: the first visible GPU); several processes "
+        "use their local rank.",
+    )
     gpu_id: int | None = option(
         None, "This rank's CUDA ordinal, set once devices are configured.", flag=False
     )
@@ -128,8 +143,24 @@ class ComputeConfig(Section):
     def loss_scaling(self) -> bool:
         return self.amp and self.amp_dtype == "float16"
 
+    @property
+    def dynamic_loss_scaling(self) -> bool:
+        return self.loss_scaling and not self.static_loss_scale
+
+    @property
+    def fixed_loss_scale(self) -> float | None:
+        """The static scale the train step applies, when one is in effect."""
+        return self.static_loss_scale if self.loss_scaling and self.static_loss_scale else None
+
     def _check(self) -> None:
         require(self.intra_op_threads >= 0, "intra_op_threads", "must be >= 0")
+        require(
+            self.static_loss_scale >= 0,
+            "static_loss_scale",
+            f"must be > 0 (a fixed scale) or 0 (dynamic), got {self.static_loss_scale}",
+        )
+        require(self.gpu >= -1, "gpu", "must be a CUDA ordinal (>= 0) or -1")
+        require(not (self.cpu and self.gpu >= 0), "gpu", "conflicts with --cpu")
         require(self.stall_check_seconds >= 0, "stall_check_seconds", "must be >= 0")
         require(
             self.stall_shutdown_seconds == 0
@@ -182,6 +213,9 @@ class RunModeConfig(Section):
     to_predict: str | None = option(None, "Image file or directory for --mode=predict.")
     inference_batch_sizes: tuple[int, ...] = option(
         (), "Batch sizes for inference_benchmark (default: --batch_size).", parse=int
+    )
+    nvidia_flags: tuple[str, ...] = option(
+        (), "What each NVIDIA TF1 spelling given became (runtime/nvidia_compat.py).", flag=False
     )
 
     @property

@@ -105,20 +105,36 @@ def check_identical(dist: Distributed, variables: list, step: int) -> str:
     return fingerprint
 
 
-def configure_devices(dist: Distributed, intra_op_threads: int = 0) -> int | None:
+def configure_devices(
+    dist: Distributed, intra_op_threads: int = 0, *, cpu: bool = False, gpu: int = -1
+) -> int | None:
     """One GPU per rank; the cores are split between the local ranks.
 
     Returns the CUDA device ordinal this rank uses (TensorFlow then calls it /gpu:0; DALI needs
-    the ordinal), or None on a host without GPUs.
+    the ordinal), or None on the CPU: a host without GPUs, or `cpu` (the GPUs are hidden from
+    TensorFlow, and DALI, given no ordinal, runs on the CPU). `gpu` (>= 0) picks the ordinal
+    of a single-process run; several processes use their local rank (NVIDIA's --gpu_id did
+    the same).
     """
     threads = intra_op_threads or max(1, (os.cpu_count() or 1) // dist.local_size)
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
     gpus = tf.config.list_physical_devices("GPU")
+    if cpu:
+        tf.config.set_visible_devices([], "GPU")
+        return None
     if not gpus:
         check_no_hidden_gpus(count_driver_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"))
         return None
-    gpu_id = choose_gpu(len(gpus), dist.local_rank, dist.local_size)
+    if gpu >= 0 and dist.size > 1:
+        if dist.is_chief:
+            logging.info(
+                "--gpu=%d (NVIDIA's --gpu_id) ignored: with %d processes each uses its local "
+                "rank's GPU, as NVIDIA's code did",
+                gpu, dist.size,
+            )  # fmt: skip
+        gpu = -1
+    gpu_id = choose_gpu(len(gpus), dist.local_rank, dist.local_size, requested=gpu)
     tf.config.set_visible_devices([gpus[gpu_id]], "GPU")
     tf.config.experimental.set_memory_growth(gpus[gpu_id], True)
     return gpu_id
@@ -149,12 +165,20 @@ def check_no_hidden_gpus(driver_gpus: int, cuda_visible_devices: str | None) -> 
         )
 
 
-def choose_gpu(num_gpus: int, local_rank: int, local_size: int) -> int:
+def choose_gpu(num_gpus: int, local_rank: int, local_size: int, requested: int = -1) -> int:
     """The ordinal of this rank's GPU among the `num_gpus` the process sees.
 
-    One visible GPU is this rank's own (launchers such as SLURM set CUDA_VISIBLE_DEVICES per
-    process); otherwise local rank i takes GPU i, and two ranks never share one.
+    `requested` (>= 0, single-process runs only) is taken as it is. Otherwise one visible GPU
+    is this rank's own (launchers such as SLURM set CUDA_VISIBLE_DEVICES per process), and
+    local rank i takes GPU i, and two ranks never share one.
     """
+    if requested >= 0:
+        if requested >= num_gpus:
+            raise UserError(
+                f"--gpu={requested} (--gpu_id): this process sees {num_gpus} GPU(s), "
+                f"ordinals 0..{num_gpus - 1}"
+            )
+        return requested
     if num_gpus == 1:
         return 0
     if local_rank >= num_gpus:

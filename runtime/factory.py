@@ -59,6 +59,7 @@ def build_model(config: RunConfig) -> keras.Model:
         dropout=config.model.dropout,
         grouped_conv=config.compute.grouped_conv,
         seed=config.loop.seed,
+        weight_init=config.model.weight_init,
     )
 
 
@@ -77,7 +78,7 @@ def build_training(
     )
     at_loop_step = AtLoopStep(lr_schedule)
     optimizer = make_optimizer(
-        at_loop_step, momentum=opt.momentum, loss_scaling=config.compute.loss_scaling
+        at_loop_step, momentum=opt.momentum, loss_scaling=config.compute.dynamic_loss_scaling
     )
     optimizer.build(model.trainable_variables)
     train_step = TrainStep(
@@ -93,6 +94,7 @@ def build_training(
         seed=config.loop.seed,
         xla_apply=config.compute.xla and config.compute.uses_gpu,
         schedule_step=at_loop_step.step,
+        static_loss_scale=config.compute.fixed_loss_scale,
     )
     return TrainingParts(schedule, lr_schedule, optimizer, train_step)
 

@@ -16,6 +16,7 @@ from typing import Any
 from absl import flags
 
 from model_configs import RECIPES, get_config, resolve_config
+from runtime import nvidia_compat
 from runtime.config import RunConfig
 from tfconvnets.config import Section, flag_name
 from tfconvnets.errors import UserError
@@ -67,6 +68,7 @@ def define_flags(
             flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
         else:
             raise TypeError(f"no flag type for config field {name}: {kind}")
+    nvidia_compat.define_flags(flag_values)
 
 
 def _recipe_fields() -> set[str]:
@@ -82,7 +84,14 @@ def _recipe_fields() -> set[str]:
 def given_values(
     flag_values: flags.FlagValues = flags.FLAGS, defaults: RunConfig | None = None
 ) -> dict[str, Any]:
-    """The flags given on the command line, converted to their config fields' types."""
+    """The flags given on the command line, converted to their config fields' types, with
+    NVIDIA's spellings translated (`runtime.nvidia_compat`)."""
+    return _given_and_translated(flag_values, defaults)[0]
+
+
+def _given_and_translated(
+    flag_values: flags.FlagValues, defaults: RunConfig | None = None
+) -> tuple[dict[str, Any], list[nvidia_compat.Outcome]]:
     given: dict[str, Any] = {}
     for _, field, name, kind in _leaf_fields(defaults or RunConfig()):
         if not flag_values[name].present:
@@ -95,8 +104,15 @@ def given_values(
             except ValueError as e:
                 raise UserError(f"--{name}: {e}") from None
         given[name] = value
-    return given
+    translated, outcomes = nvidia_compat.translate(
+        nvidia_compat.given_spellings(flag_values), given
+    )
+    return {**given, **translated}, outcomes
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> RunConfig:
-    return resolve_config(given_values(flag_values))
+    """The resolved configuration; `run.nvidia_flags` says what each NVIDIA spelling became."""
+    given, outcomes = _given_and_translated(flag_values)
+    config = resolve_config(given)
+    lines = tuple(o.line for o in outcomes)
+    return dataclasses.replace(config, run=config.run.replace(nvidia_flags=lines))

@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from model_configs import get_config
 from runtime import process
@@ -37,9 +38,13 @@ def run(config: RunConfig) -> None:
     ctx.reporter.parameters(
         {**ctx.config.flat(), "world_size": ctx.dist.size}, _headline(ctx.config, ctx.dist.size)
     )
+    if ctx.dist.is_chief:
+        _config_notes(ctx.config)
     try:
         for results in MODE_FUNCTIONS[config.run.mode](ctx):
             ctx.reporter.summary(results)
+        if config.run.mode == "inference_benchmark":
+            ctx.reporter.final_line("inference benchmark finished")
     except tf.errors.OpError as e:
         raise explain_data_error(e, ctx.config.data) from e
     finally:
@@ -53,12 +58,28 @@ def _headline(config: RunConfig, world_size: int) -> str:
     """The recipe, and every value that differs from it (the full list is in the log)."""
     recipe = get_config(config.model.arch, config.recipe).flat()
     changed = {k: v for k, v in config.flat().items() if v != recipe.get(k) and v is not None}
-    shown = " ".join(f"{k}={v}" for k, v in sorted(changed.items()) if k not in ("arch", "recipe"))
+    shown = " ".join(
+        f"{k}={v}"
+        for k, v in sorted(changed.items())
+        if k not in ("arch", "recipe", "nvidia_flags")
+    )
     return (
         f"{config.model.arch}, recipe {config.recipe}, {world_size} process(es), mode "
         f"{config.run.mode}; changed: {shown or 'nothing'} (all values: DLLogger PARAMETER "
         "record, or --verbosity=1)"
     )
+
+
+def _config_notes(config: RunConfig) -> None:
+    """One line for what NVIDIA's spellings became, one for settings that change nothing."""
+    if config.run.nvidia_flags:
+        logging.info("NVIDIA flags: %s", ", ".join(config.run.nvidia_flags))
+    compute = config.compute
+    if compute.static_loss_scale and not compute.loss_scaling:
+        logging.warning(
+            "--static_loss_scale=%g has no effect: only --amp --amp_dtype=float16 scales the loss",
+            compute.static_loss_scale,
+        )
 
 
 def pipeline(
@@ -231,6 +252,7 @@ def inference_benchmark(ctx: Context) -> Results:
         row = {
             "batch_size": batch_size,
             "eval_throughput": batch_size * len(latencies) / float(np.sum(latencies)),
+            "eval_latency_avg": float(np.mean(latencies_ms)),
         }
         row |= {
             f"eval_latency_p{p}": float(np.percentile(latencies_ms, p)) for p in (50, 90, 95, 99)

@@ -30,7 +30,8 @@ def start(config: RunConfig) -> Context:
         stall_check_seconds=config.compute.stall_check_seconds,
         stall_shutdown_seconds=config.compute.stall_shutdown_seconds,
     )
-    gpu_id = configure_devices(dist, config.compute.intra_op_threads)
+    compute = config.compute
+    gpu_id = configure_devices(dist, compute.intra_op_threads, cpu=compute.cpu, gpu=compute.gpu)
     xla = gpu_id is not None if config.compute.xla is None else config.compute.xla
     config = dataclasses.replace(config, compute=config.compute.replace(xla=xla, gpu_id=gpu_id))
     keras.mixed_precision.set_dtype_policy(config.compute.dtype_policy)

@@ -14,7 +14,26 @@ from typing import TextIO
 import tensorflow as tf
 from absl import logging
 
-from tfconvnets.dllogger import DLLogger
+from tfconvnets.dllogger import DLLogger, stdout_line
+
+# NVIDIA's METADATA units (DLLogger), declared at the start of every log.
+UNITS: dict[str, str | None] = {
+    "train_throughput": "images/s",
+    "eval_throughput": "images/s",
+    **{f"eval_latency_{s}": "ms" for s in ("avg", "p50", "p90", "p95", "p99")},
+    "top1_accuracy": None,
+    "top5_accuracy": None,
+}
+# The final `[]` records, in NVIDIA's order: first whatever NVIDIA has no key for, then
+# `train_throughput` alone, then the evaluation (NVIDIA's keys first). NVIDIA's benchmark
+# scripts read the last stdout line (training_perf.sh) or the second-to-last
+# (inference_benchmark.sh).
+TRAIN_SUMMARY = ("train_throughput",)
+EVAL_SUMMARY = (
+    "top1_accuracy", "top5_accuracy", "eval_throughput", "eval_latency_avg", "eval_latency_p90",
+    "eval_latency_p95", "eval_latency_p99", "eval_latency_p50", "eval_examples", "batch_size",
+)  # fmt: skip
+EPOCH_KEYS = ("cross_entropy", "l2_loss", "total_loss", "learning_rate")
 
 
 class ProgressDisplay:
@@ -87,6 +106,8 @@ class Reporter:
         if not self.enabled:
             return
         self.dllogger.parameters(params)
+        for metric, unit in UNITS.items():
+            self.dllogger.metadata(metric, {"unit": unit})
         logging.info("configuration: %s", headline)
         logging.debug(
             "full configuration:\n%s", "\n".join(f"  {k} = {v}" for k, v in sorted(params.items()))
@@ -103,13 +124,15 @@ class Reporter:
             )  # fmt: skip
 
     def step(self, step: int, losses: dict[str, float], lr: float) -> None:
+        """One `[epoch, global_step]` record: NVIDIA's `total_loss`, `cross_entropy`,
+        `l2_loss`, `learning_rate` and `imgs_per_sec`."""
         now = time.perf_counter()
         last_step, last_time = self._last or (step, now)
         self._last = (step, now)
         if not self.enabled:
             return
         s = self._schedule
-        data = {**losses, "lr": lr}
+        data = {**losses, "learning_rate": lr}
         seconds_per_step = None
         if step > last_step:
             seconds_per_step = (now - last_time) / (step - last_step)
@@ -128,6 +151,12 @@ class Reporter:
             )
         else:
             logging.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in data.items()))
+
+    def epoch(self, step: int, losses: dict[str, float], lr: float) -> None:
+        """NVIDIA's `[epoch]` record at an epoch's last step: that step's values."""
+        if self.enabled:
+            data = {**losses, "learning_rate": lr}
+            self.dllogger.log((self._schedule.epoch_of(step),), {k: data[k] for k in EPOCH_KEYS})
 
     def end_epoch(self) -> None:
         if self._progress is not None:
@@ -154,20 +183,33 @@ class Reporter:
         # A "<key>_note" says why <key> is missing: logged as a warning, shown as n/a.
         notes = {k.removesuffix("_note"): v for k, v in results.items() if k.endswith("_note")}
         logged = {k: v for k, v in results.items() if not k.endswith("_note")}
-        self.dllogger.summary(logged)
         for key, note in notes.items():
             logging.warning("%s %s", key, note)
-        shown = {**logged, **{k: "n/a" for k in notes}}
-        print("summary: " + " ".join(f"{k}={_fmt(v)}" for k, v in shown.items()), flush=True)
+        known = TRAIN_SUMMARY + EVAL_SUMMARY
+        extras = [k for k in logged if k not in known]
+        train = [k for k in TRAIN_SUMMARY if k in logged or k in notes]
+        evaluation = [k for k in EVAL_SUMMARY if k in logged]
+        if not train and evaluation:  # an evaluation row (e.g. per format): one line says all
+            evaluation, extras = evaluation + extras, []
+        groups = (extras, train, evaluation)
+        for keys in groups:
+            if not keys:
+                continue
+            record = {k: logged[k] for k in keys if k in logged}
+            if record:
+                self.dllogger.summary(record)
+            shown = {k: logged.get(k, "n/a") for k in keys}
+            print(stdout_line((), shown, UNITS), flush=True)
+
+    def final_line(self, text: str) -> None:
+        """A closing stdout line (NVIDIA's inference_benchmark.sh reads the line before it)."""
+        if self.enabled:
+            print(text, flush=True)
 
     def close(self) -> None:
         self.dllogger.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
-
-
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def tensorboard_dir(model_dir: str | None) -> str | None:

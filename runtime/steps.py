@@ -24,7 +24,9 @@ class TrainStep:
     Loss and gradients come from an XLA-compiled function (when `xla`); Horovod averages the
     gradients outside it (its ops cannot run inside XLA); the Keras optimizer applies them.
     Non-finite averaged gradients are never applied: the loss-scale optimizer skips them and
-    lowers its scale under float16, and this step skips them in float32/bfloat16. The streak of
+    lowers its scale under float16, and this step skips them in float32/bfloat16 and under a
+    fixed loss scale (`static_loss_scale`: the loss is multiplied by it, the gradients divided
+    by it, and it never changes). The streak of
     consecutive bad steps (non-finite loss, or in float32/bfloat16 non-finite gradients) stays
     on the device, read only when the loop syncs anyway. So does the first step whose labels
     fall outside [0, num_classes): `tf.one_hot` would silently turn them into all-zero targets,
@@ -46,8 +48,10 @@ class TrainStep:
         seed: int,
         xla_apply: bool = False,
         schedule_step: tf.Variable | None = None,
+        static_loss_scale: float | None = None,
     ) -> None:
         self._model = model
+        self._static_loss_scale = static_loss_scale
         self._optimizer = optimizer
         self._dist = dist
         self._num_classes = num_classes
@@ -83,8 +87,13 @@ class TrainStep:
             logits = self._model(images, training=True)
             cross_entropy = self._loss_fn(targets, logits)
             loss = cross_entropy + l2_penalty(self._kernels, self._weight_decay)
-            scaled_loss = self._optimizer.scale_loss(loss)
+            if self._static_loss_scale:
+                scaled_loss = loss * self._static_loss_scale
+            else:
+                scaled_loss = self._optimizer.scale_loss(loss)
         grads = tape.gradient(scaled_loss, self._model.trainable_variables)
+        if self._static_loss_scale:
+            grads = [g / tf.cast(self._static_loss_scale, g.dtype) for g in grads]
         return StepLosses(loss, cross_entropy), grads
 
     def _step_fn(self, images, labels, step):

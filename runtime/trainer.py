@@ -65,8 +65,10 @@ class Trainer:
         if start:
             logging.info("resumed at step %d of %d", start, self.schedule.total_steps)
         end = self.schedule.total_steps
-        if self.config.loop.run_iter > 0:
-            end = min(end, start + self.config.loop.run_iter)
+        loop = self.config.loop
+        if loop.run_iter > 0:  # counted in --iter_unit, as NVIDIA's was
+            unit = self.schedule.steps_per_epoch if loop.iter_unit == "epoch" else 1
+            end = min(end, start + loop.run_iter * unit)
         self.reporter.start_training(self.schedule, start, end)
         if start >= end:
             logging.info("nothing to train: step %d of %d already reached", start, end)
@@ -124,7 +126,10 @@ class Trainer:
         self.numerics.check(step, self.checkpoints.last_saved)
         if display:
             lr = float(self.lr_schedule(step - 1))  # the rate the step just taken used
-            self.reporter.step(step, loss_scalars(losses), lr)
+            scalars = loss_scalars(losses)
+            self.reporter.step(step, scalars, lr)
+            if at_epoch_end:
+                self.reporter.epoch(step, scalars, lr)
         with clock.paused():
             if checkpoint:
                 self.save_checkpoint(step)
@@ -172,4 +177,4 @@ class Trainer:
 def loss_scalars(losses: StepLosses) -> dict[str, float]:
     """The logged losses: the total the gradients come from, and its two parts."""
     total, cross_entropy = float(losses.total.numpy()), float(losses.cross_entropy.numpy())
-    return {"loss": total, "cross_entropy": cross_entropy, "l2_loss": total - cross_entropy}
+    return {"total_loss": total, "cross_entropy": cross_entropy, "l2_loss": total - cross_entropy}

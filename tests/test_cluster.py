@@ -42,8 +42,8 @@ def train_args(data_dir: str, model_dir: Path, steps: int) -> list[str]:
 
 
 def losses(model_dir: Path) -> list[float]:
-    records = [r for r in read_log(model_dir / "log.json") if r["step"] and "loss" in r["data"]]
-    return [float(r["data"]["loss"]) for r in records]
+    records = [r for r in read_log(model_dir / "log.json") if len(r["step"]) == 2]
+    return [float(r["data"]["total_loss"]) for r in records]
 
 
 def assert_trained_in_step(output: str, model_dir: Path, ranks: int, steps: int) -> None:

@@ -54,6 +54,7 @@ def test_configuration_loads_without_tensorflow():
     config_modules = [
         REPO_ROOT / "runtime" / "config.py",
         REPO_ROOT / "runtime" / "flags.py",
+        REPO_ROOT / "runtime" / "nvidia_compat.py",
         REPO_ROOT / "tfconvnets" / "config.py",
         REPO_ROOT / "tfconvnets" / "optimization.py",
         REPO_ROOT / "tfconvnets" / "models" / "config.py",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging as py_logging
+import re
 
 import numpy as np
 import pytest
@@ -96,9 +97,56 @@ def test_the_loop_checkpoints_at_epoch_ends_and_evaluates_every_image_once(finis
     assert (
         results["eval_examples"] == BATCH * STEPS_PER_EPOCH - 1
     )  # the padded entry is not counted
-    logged = [r["step"] for r in records if "loss" in r["data"]]
+    logged = [r["step"] for r in records if "imgs_per_sec" in r["data"] or len(r["step"]) == 2]
     assert logged == [[0, 2], [0, 3], [1, 4], [1, 6]]  # display steps and epoch ends
+    for r in records:
+        if len(r["step"]) == 2:
+            assert {"total_loss", "cross_entropy", "l2_loss", "learning_rate"} <= set(r["data"])
+    # NVIDIA's per-epoch records: that epoch's last step's values.
+    by_step = {tuple(r["step"]): r["data"] for r in records}
+    for epoch, last_step in ((0, 3), (1, 6)):
+        epoch_record = by_step[(epoch,)]
+        assert set(epoch_record) == {"cross_entropy", "l2_loss", "total_loss", "learning_rate"}
+        step_record = by_step[(epoch, last_step)]
+        assert all(epoch_record[k] == step_record[k] for k in epoch_record)
     assert results["train_throughput"] > 0
+
+
+def test_the_summary_is_nvidias_records_and_its_last_stdout_lines(finished_run, tmp_path):
+    """Our extras first, then `train_throughput` alone, then the evaluation: in the log as
+    `[]` records and on stdout as DLLogger's `DLL <datetime> - () key : value unit` lines."""
+    import contextlib
+
+    _, results, _ = finished_run
+    out = io.StringIO()
+    reporter = Reporter(
+        enabled=True, log_path=str(tmp_path / "log.json"), tensorboard_dir=None, progress=False
+    )
+    reporter.parameters({"arch": "x"}, "headline")
+    with contextlib.redirect_stdout(out):
+        reporter.summary(results)
+    reporter.close()
+    summaries = [r["data"] for r in read_log(tmp_path / "log.json") if r["step"] == []]
+    assert [list(s) for s in summaries] == [
+        ["step", "weights_fingerprint"],
+        ["train_throughput"],
+        ["top1_accuracy", "top5_accuracy", "eval_throughput", "eval_examples"],
+    ]
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert re.fullmatch(
+        r"DLL \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ - \(\) train_throughput : [\d.]+ images/s",
+        lines[1],
+    ), lines
+    assert re.fullmatch(
+        r"DLL .* - \(\) top1_accuracy : [\d.]+ top5_accuracy : [\d.]+ eval_throughput : [\d.]+ "
+        r"images/s eval_examples : 5",
+        lines[2],
+    ), lines
+    units = {
+        r["metric"]: r["metadata"]["unit"] for r in read_log(tmp_path / "log.json", "METADATA")
+    }
+    assert units["train_throughput"] == "images/s" and units["eval_latency_avg"] == "ms"
 
 
 def test_the_same_command_again_resumes_at_the_end_and_has_nothing_to_train(finished_run):
@@ -107,13 +155,20 @@ def test_the_same_command_again_resumes_at_the_end_and_has_nothing_to_train(fini
 
 
 def test_run_iter_stops_early_and_a_resume_continues_the_schedule(tmp_path):
-    config = small_config(tmp_path, run_iter=2, display_every=1)
+    config = small_config(tmp_path, run_iter=2, display_every=1, num_iter=6, iter_unit="batch")
     first = make_trainer(config, eval_data=False)
     assert first.train()["step"] == 2
     second = make_trainer(config, eval_data=False)
     assert second.train()["step"] == 4
     # The schedule counts from the restored optimizer step, not from zero.
     assert int(second.optimizer.iterations.numpy()) == 4
+
+
+def test_run_iter_counts_in_the_iter_unit_epochs_by_default(tmp_path):
+    """NVIDIA's --run_iter: with --iter_unit=epoch, --run_iter=1 runs one epoch."""
+    config = small_config(tmp_path, run_iter=1, num_iter=2)
+    assert make_trainer(config, eval_data=False).train()["step"] == STEPS_PER_EPOCH
+    assert make_trainer(config, eval_data=False).train()["step"] == 2 * STEPS_PER_EPOCH
 
 
 def test_all_warmup_steps_say_why_there_is_no_throughput(tmp_path, caplog):
@@ -131,7 +186,7 @@ def test_all_warmup_steps_say_why_there_is_no_throughput(tmp_path, caplog):
 
         with contextlib.redirect_stdout(out):
             reporter.summary({"step": 2, **{k: v for k, v in results.items() if k != "step"}})
-    assert "train_throughput=n/a" in out.getvalue()
+    assert out.getvalue().splitlines()[-1].endswith(" - () train_throughput : n/a images/s")
     assert "train_throughput not measured: all 2 step(s)" in caplog.text
 
 
@@ -198,15 +253,15 @@ class Terminal(io.StringIO):
 
 
 def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one():
-    values = {"loss": 2.5, "lr": 0.1}
+    values = {"total_loss": 2.5, "learning_rate": 0.1}
     log = io.StringIO()
     display = ProgressDisplay(log)
     display.update(0, 2, 5, 10, 1.4, values)
     display.update(0, 2, 10, 10, 1.2, values)
     lines = log.getvalue().splitlines()
     assert lines == [
-        "epoch 1/2 step 5/10 1.4s/step loss=2.5 lr=0.1",
-        "epoch 1/2 step 10/10 1.2s/step loss=2.5 lr=0.1",
+        "epoch 1/2 step 5/10 1.4s/step total_loss=2.5 learning_rate=0.1",
+        "epoch 1/2 step 10/10 1.2s/step total_loss=2.5 learning_rate=0.1",
     ]
     assert "\r" not in log.getvalue() and "\x1b" not in log.getvalue()
     tty = Terminal()
@@ -229,8 +284,8 @@ def test_the_time_per_step_is_measured_between_display_steps(monkeypatch):
         steps_per_epoch=100, total_steps=200, global_batch=8, peak_lr=0.1, warmup_steps=0
     )
     reporter.start_training(schedule, 0, 200)
-    reporter.step(10, {"loss": 1.0}, 0.1)
-    reporter.step(20, {"loss": 0.9}, 0.1)
+    reporter.step(10, {"total_loss": 1.0}, 0.1)
+    reporter.step(20, {"total_loss": 0.9}, 0.1)
     lines = log.getvalue().splitlines()
     assert lines[0].startswith("epoch 1/2 step 10/100 1.4s/step")
     assert "imgs_per_sec=5.714" in lines[1]  # 8 images per 1.4 s
@@ -245,7 +300,7 @@ def test_checkpoints_follow_checkpoint_every_not_the_display_steps(tmp_path):
     model_dir = config.loop.model_dir
     steps = sorted(int(p.name.split("-")[1]) for p in checkpoints.list_checkpoints(model_dir))
     assert steps == [3, 4, 6, 8, 9, 10]  # every 4 steps, at each epoch end (3), and at the end
-    records = [r for r in read_log(config.run.log_path) if "loss" in r["data"]]
+    records = [r for r in read_log(config.run.log_path) if len(r["step"]) == 2]
     assert [r["step"][1] for r in records] == [3, 6, 7, 9, 10]  # display and epoch-end steps
 
     # With --lr_init=0 the kernels keep their initial values, which the checkpoint holds, so
@@ -259,7 +314,7 @@ def test_checkpoints_follow_checkpoint_every_not_the_display_steps(tmp_path):
     expected_l2 = 1e-4 * sum(0.5 * np.sum(k**2) for k in kernels)
     for data in (r["data"] for r in records):
         assert data["l2_loss"] == pytest.approx(expected_l2, rel=1e-4)
-        assert data["cross_entropy"] == pytest.approx(data["loss"] - expected_l2, rel=1e-4)
+        assert data["cross_entropy"] == pytest.approx(data["total_loss"] - expected_l2, rel=1e-4)
         assert 0.5 < data["cross_entropy"] < 5  # 4 classes: about ln(4) = 1.4 at the start
 
 
@@ -290,6 +345,68 @@ def test_the_learning_rate_follows_the_loop_step_when_fp16_skips_a_step(tmp_path
         assert used != pytest.approx(float(parts.lr_schedule(counted)))
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_a_static_loss_scale_stays_fixed_and_a_nan_step_is_skipped(tmp_path):
+    """NVIDIA's --static_loss_scale under fp16 AMP: loss x S, gradients / S, S never changes,
+    and a non-finite step leaves the weights alone (the fp32 path's skip)."""
+    import keras
+
+    from runtime.factory import build_training
+
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        config = small_config(
+            tmp_path, amp=True, amp_dtype="float16", num_iter=10, iter_unit="batch",
+            static_loss_scale=128.0,
+        )  # fmt: skip
+        parts = build_training(config, SINGLE, tiny_model(config), steps_per_epoch=STEPS_PER_EPOCH)
+        assert not isinstance(parts.optimizer, keras.optimizers.LossScaleOptimizer)
+        step = parts.train_step
+        assert step._static_loss_scale == 128.0
+        images = np.random.default_rng(0).normal(size=(BATCH, SIZE, SIZE, 3)).astype(np.float32)
+        labels = tf.constant([0, 1])
+        model_vars = step._model.trainable_variables
+        for i in range(2):
+            losses = step(tf.constant(images, tf.float16), labels, tf.constant(i, tf.int64))
+            assert np.isfinite(losses.total.numpy())
+        assert int(parts.optimizer.iterations.numpy()) == 2  # both applied, none skipped
+        before = [v.numpy().copy() for v in model_vars]
+        bad = images.copy()
+        bad[0, 0, 0, 0] = np.nan
+        # (The loss itself may stay finite in fp16 on a CPU, where ReLU turns NaN into 0; the
+        # gradients through the batch statistics do not.)
+        step(tf.constant(bad, tf.float16), labels, tf.constant(2, tf.int64))
+        for a, v in zip(before, model_vars, strict=True):
+            np.testing.assert_array_equal(a, v.numpy())
+        assert int(step.first_nonfinite_step.numpy()) == 2
+        assert int(parts.optimizer.iterations.numpy()) == 2
+        step(tf.constant(images, tf.float16), labels, tf.constant(3, tf.int64))
+        assert int(parts.optimizer.iterations.numpy()) == 3  # training goes on
+        assert step._static_loss_scale == 128.0 and not any(
+            "scale" in v.path for v in parts.optimizer.variables
+        )
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_the_static_loss_scale_multiplies_the_loss_and_divides_the_gradients(tmp_path):
+    """The applied update equals the unscaled one (fp32 here, so exact up to rounding)."""
+    from runtime.factory import build_training
+
+    updates = []
+    for scale in (0.0, 1024.0):
+        config = small_config(
+            tmp_path / str(scale), num_iter=10, iter_unit="batch", static_loss_scale=scale,
+        )  # fmt: skip
+        # Without fp16 AMP the scale has no effect (a warning says so); force it on the step.
+        parts = build_training(config, SINGLE, tiny_model(config), steps_per_epoch=STEPS_PER_EPOCH)
+        parts.train_step._static_loss_scale = scale or None
+        images = np.random.default_rng(0).normal(size=(BATCH, SIZE, SIZE, 3)).astype(np.float32)
+        parts.train_step(tf.constant(images), tf.constant([0, 1]), tf.constant(0, tf.int64))
+        updates.append([v.numpy() for v in parts.train_step._model.trainable_variables])
+    for a, b in zip(*updates, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_the_xla_compiled_update_applies_the_same_step(tmp_path):

@@ -1,7 +1,10 @@
 """NVIDIA DLLogger's JSON-lines format, written directly (the PyPI package is a placeholder).
 
 Each line is `DLLL {json}` with `timestamp`, `datetime`, `elapsedtime`, `type`, `step`, `data`,
-so tools written for NVIDIA's DeepLearningExamples logs read these too.
+so tools written for NVIDIA's DeepLearningExamples logs read these too. METADATA lines have
+NVIDIA's shape: `metric` and `metadata` at the top level, no `step` and no `data`.
+`stdout_line` formats a record as DLLogger's stdout backend does
+(`DLL <datetime> - <step> key : value unit ...`), which NVIDIA's benchmark scripts parse.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ class DLLogger:
             # Line-buffered: a crash loses no line. Closed by close().
             self._file = open(path, "a", buffering=1)  # noqa: SIM115
 
-    def _write(self, step: Any, data: dict[str, Any], entry_type: str = "LOG") -> None:
+    def _write(self, entry_type: str, fields: dict[str, Any]) -> None:
         if self._file is None:
             return
         now = time.time()
@@ -36,27 +39,39 @@ class DLLogger:
             "datetime": str(dt.datetime.fromtimestamp(now)),
             "elapsedtime": str(now - self._start),
             "type": entry_type,
-            "step": step,
-            "data": data,
+            **fields,
         }
         self._file.write(PREFIX + json.dumps(record, default=_to_builtin) + "\n")
 
     def metadata(self, metric: str, meta: dict[str, Any]) -> None:
-        self._write("PARAMETER", {"metric": metric, "metadata": meta}, entry_type="METADATA")
+        self._write("METADATA", {"metric": metric, "metadata": meta})
 
     def parameters(self, params: dict[str, Any]) -> None:
-        self._write("PARAMETER", params)
+        self._write("LOG", {"step": "PARAMETER", "data": params})
 
     def log(self, step: Sequence[Any], data: dict[str, Any]) -> None:
-        self._write(list(step), data)
+        self._write("LOG", {"step": list(step), "data": data})
 
     def summary(self, data: dict[str, Any]) -> None:
-        self._write([], data)
+        self._write("LOG", {"step": [], "data": data})
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def stdout_line(
+    step: Sequence[Any], data: dict[str, Any], units: dict[str, str | None] | None = None
+) -> str:
+    """`DLL <datetime> - <step> key : value unit ...`, DLLogger's stdout format: the step as a
+    Python tuple (`()` for the summary), no unit where none is declared."""
+    units = units or {}
+    metrics = " ".join(
+        f"{k} : {_to_builtin(v) if hasattr(v, 'item') else v} {units.get(k) or ''}".rstrip()
+        for k, v in data.items()
+    )
+    return f"DLL {dt.datetime.now()} - {tuple(step)} {metrics}"
 
 
 def _to_builtin(value: Any) -> Any:
@@ -65,9 +80,12 @@ def _to_builtin(value: Any) -> Any:
     return str(value)
 
 
-def read_log(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Yields the records of a DLLogger file, skipping lines that are not DLLogger lines."""
+def read_log(path: str | os.PathLike, entry_type: str | None = "LOG") -> Iterator[dict[str, Any]]:
+    """Yields the records of a DLLogger file of `entry_type` ("LOG": those with a step and
+    data; "METADATA"; None: all), skipping lines that are not DLLogger lines."""
     with open(path) as f:
         for line in f:
             if line.startswith(PREFIX):
-                yield json.loads(line[len(PREFIX) :])
+                record = json.loads(line[len(PREFIX) :])
+                if entry_type is None or record.get("type") == entry_type:
+                    yield record

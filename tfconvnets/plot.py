@@ -27,11 +27,11 @@ def plot_log(log_path: str, output_path: str | None = None) -> str:
         if len(step) == 3 and step[2] == "eval" and "top1_accuracy" in data:
             eval_steps.append(step[1])
             top1.append(data["top1_accuracy"])
-        elif "loss" in data:
+        elif "total_loss" in data:
             train_steps.append(step[1])
-            losses.append(data["loss"])
+            losses.append(data["total_loss"])
             cross_entropies.append(data.get("cross_entropy"))
-            lrs.append(data.get("lr"))
+            lrs.append(data.get("learning_rate"))
     if not train_steps and not eval_steps:
         raise ValueError(f"{log_path} holds no training or evaluation records")
 

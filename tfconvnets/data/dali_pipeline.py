@@ -60,8 +60,9 @@ def import_dali() -> pytypes.SimpleNamespace:
 
 
 def resolve_device(dali_device: str) -> str:
-    """ "cpu" or "gpu" for --dali_device (auto: gpu if TensorFlow sees one)."""
-    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    """ "cpu" or "gpu" for --dali_device (auto: gpu if TensorFlow sees one; GPUs hidden from
+    it, as by --cpu, do not count)."""
+    has_gpu = bool(tf.config.get_visible_devices("GPU"))
     if dali_device == "gpu" and not has_gpu:
         raise UserError("--dali_device=gpu, but TensorFlow sees no GPU; use --dali_device=cpu")
     device = "cpu" if dali_device == "cpu" else ("gpu" if has_gpu else "cpu")

@@ -46,6 +46,7 @@ def summarize(batch_size: int, seconds: np.ndarray) -> dict[str, float]:
     row = {
         "batch_size": batch_size,
         "eval_throughput": batch_size * len(seconds) / float(seconds.sum()),
+        "eval_latency_avg": float(np.mean(seconds * 1000)),  # NVIDIA's key
     }
     row |= {f"eval_latency_p{p}": float(np.percentile(seconds * 1000, p)) for p in PERCENTILES}
     return row

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from tfconvnets.config import Section, option, require
-from tfconvnets.models.resnet import MODEL_SPECS
+from tfconvnets.models.resnet import MODEL_SPECS, WEIGHT_INITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,6 +13,11 @@ class ModelConfig(Section):
     arch: str = option("resnet50", "Architecture.", choices=tuple(MODEL_SPECS))
     zero_init_last_bn: bool = option(False, "Zero-init each block's last BN gamma.")
     dropout: float = option(0.0, "Dropout before the classifier.")
+    weight_init: str = option(
+        "fan_in",
+        "Mode of the conv and dense kernels' He initializer (truncated normal, scale 2).",
+        choices=WEIGHT_INITS,
+    )
 
     def _check(self) -> None:
         require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")

@@ -45,6 +45,7 @@ from keras import layers
 from tfconvnets.models.layers import DATA_FORMATS, SplitGroupedConv2D
 
 GROUPED_CONV_IMPLS = ("native", "split")
+WEIGHT_INITS = ("fan_in", "fan_out")  # the He initializer's mode (NVIDIA's --weight_init)
 
 # Keras' momentum weighs the old moving statistic: 0.9 here is PyTorch's momentum=0.1.
 BN_MOMENTUM = 0.9
@@ -102,8 +103,10 @@ class _BuildContext:
         grouped_conv: str,
         zero_init_last_bn_gamma: bool,
         seed: int | None,
+        weight_init: str = "fan_in",
     ) -> None:
         self.data_format = data_format
+        self.weight_init = weight_init
         self.grouped_conv = grouped_conv
         self.zero_init_last_bn_gamma = zero_init_last_bn_gamma
         self.channel_axis = -1 if data_format == "channels_last" else 1
@@ -115,9 +118,9 @@ class _BuildContext:
         return int(self._seed_rng.integers(0, 2**31 - 1))
 
     def kernel_initializer(self) -> keras.initializers.Initializer:
-        # He init on fan_in, truncated normal: NVIDIA's `--weight_init=fan_in`.
+        # He init, truncated normal: NVIDIA's `--weight_init=fan_in` (or `fan_out`).
         return keras.initializers.VarianceScaling(
-            scale=2.0, mode="fan_in", distribution="truncated_normal", seed=self.next_seed()
+            scale=2.0, mode=self.weight_init, distribution="truncated_normal", seed=self.next_seed()
         )
 
 
@@ -260,6 +263,7 @@ def build_resnet(
     data_format: str = "channels_last",
     grouped_conv: str = "native",
     seed: int | None = None,
+    weight_init: str = "fan_in",
 ) -> keras.Model:
     """Builds the bottleneck ResNet described by `spec`; see :func:`create_model`."""
     _check_data_format(data_format)
@@ -273,6 +277,8 @@ def build_resnet(
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    if weight_init not in WEIGHT_INITS:
+        raise ValueError(f"weight_init must be one of {list(WEIGHT_INITS)}, got {weight_init!r}")
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")
 
@@ -281,6 +287,7 @@ def build_resnet(
         grouped_conv=grouped_conv,
         zero_init_last_bn_gamma=zero_init_last_bn_gamma,
         seed=seed,
+        weight_init=weight_init,
     )
     height, width, channels = input_shape
     model_input_shape = (
@@ -341,6 +348,7 @@ def create_model(
     data_format: str = "channels_last",
     grouped_conv: str = "native",
     seed: int | None = None,
+    weight_init: str = "fan_in",
 ) -> keras.Model:
     """Builds one of :func:`list_models` as a functional Keras model named `arch`.
 
@@ -355,6 +363,8 @@ def create_model(
         grouped_conv: `"native"` (Conv2D(groups=g), needs XLA on a TF CPU) or `"split"`
             (per-group convs, runs on a CPU without XLA). Same weights either way.
         seed: makes the initial weights reproducible; None draws fresh ones.
+        weight_init: `"fan_in"` or `"fan_out"`, the `mode` of the conv and dense kernels'
+            He initializer (`VarianceScaling(2.0, mode, "truncated_normal")`).
 
     Returns:
         A model mapping normalized images to float32 logits `(batch, num_classes)`.
@@ -371,4 +381,5 @@ def create_model(
         data_format=data_format,
         grouped_conv=grouped_conv,
         seed=seed,
+        weight_init=weight_init,
     )
