@@ -66,7 +66,7 @@ def wait_for_step(
         if not line:
             raise AssertionError("job ended early:\n" + "".join(lines[-40:]))
         lines.append(line)
-        if (m := re.search(r"step (\d+): loss", line)) and int(m.group(1)) >= minimum:
+        if (m := re.search(r"step (\d+): total_loss", line)) and int(m.group(1)) >= minimum:
             return int(m.group(1))
     kill_tree(proc)
     raise AssertionError("no progress:\n" + "".join(lines[-40:]))
@@ -467,7 +467,7 @@ def test_bad_data_and_configuration_fail_before_training(
     assert out.returncode == 2, out.stderr[-3000:]
     assert re.search(expected, out.stderr), out.stderr[-3000:]
     assert "Traceback" not in out.stderr
-    assert not re.search(r"step \d+: loss", out.stderr)
+    assert not re.search(r"step \d+: total_loss", out.stderr)
 
 
 def test_missing_shards_and_empty_data_dir(tmp_path):
