@@ -225,9 +225,9 @@ def test_the_launch_wrapper_passes_other_exit_codes_on(tmp_path):
 def test_a_stuck_worker_ends_the_job_in_bounded_time(tmp_path):
     """SIGSTOP keeps a worker alive but silent: the job must end instead of waiting for ever.
 
-    Under Gloo the coordinator blocks in the transport waiting for the stuck rank, so Gloo's
-    timeout ends the job before Horovod's stall inspector can name the rank (measured); the
-    stall settings name ranks that are alive but submit other tensors."""
+    Under Gloo the coordinator blocks in the transport waiting for the stuck rank, and Gloo's
+    timeout ends the job; Horovod's stall inspector printed nothing here (measured), so the
+    rank is not named yet."""
     proc = start(
         horovod_cmd(
             [
