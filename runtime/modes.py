@@ -183,7 +183,7 @@ def predict(ctx: Context) -> Results:
     for i, path in enumerate(files):
         try:
             image = load_eval_image(str(path), config.data.image_size)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+        except (UserError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
             unreadable.append(str(path))
             if ctx.dist.is_chief:
                 print(f"{path}: not a readable image, skipped", flush=True)
