@@ -1,4 +1,5 @@
-"""Shared fixtures: a small real TFRecord dataset made by the product's own tools."""
+"""Shared fixtures: a small real TFRecord dataset made by the product's own tools, and one run
+of the README's demo whose trained model the runtime tests evaluate, export and predict with."""
 
 from __future__ import annotations
 
@@ -24,3 +25,16 @@ def digits_tfrecords(tmp_path_factory) -> str:
         ]
     )  # fmt: skip
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> dict:
+    """`scripts/demo.sh` with 3 epochs instead of 6: digits -> JPEGs -> dataprep -> 2-process
+    Horovod training through DALI on the CPU, evaluated each epoch -> export -> predict -> plot.
+
+    Its outputs (`jpeg/`, `tfrecords/`, `model/`, `export/`) are shared: one expensive training
+    run serves every test that needs a model trained by the product.
+    """
+    out_dir = tmp_path_factory.mktemp("demo") / "demo"
+    proc = run(["bash", "scripts/demo.sh"], DEMO_DIR=str(out_dir), DEMO_EPOCHS="3", timeout=1800)
+    return {"out_dir": out_dir, "output": proc.stdout + proc.stderr, "stdout": proc.stdout}

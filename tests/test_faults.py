@@ -23,6 +23,7 @@ import pytest
 from runtime.checkpointing import PREEMPTED_FILE
 from tests.launch import HOROVODRUN, REPO_ROOT, run, subprocess_env
 from tfconvnets import checkpoints
+from tfconvnets.dllogger import read_log
 
 SYNTHETIC_TRAIN = [
     "--arch=resnet50", "--image_size=32", "--num_classes=10", "--batch_size=4",
@@ -141,6 +142,9 @@ def test_sigterm_to_one_worker_checkpoints_and_resumes_to_the_same_weights(tmp_p
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resumed at step {stopped_at}" in resumed.stdout + resumed.stderr
     assert not (interrupted / PREEMPTED_FILE).exists()  # a new start clears the mark
+    # Both runs appended to one DLLogger log; the step numbers continue across the restart.
+    logged = [r["step"][1] for r in read_log(interrupted / "log.json") if len(r["step"]) == 2]
+    assert logged == sorted(set(logged)) and logged[-1] == 24, logged
 
     meta_a, arrays_a = final_arrays(reference)
     meta_b, arrays_b = final_arrays(interrupted)

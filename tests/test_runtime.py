@@ -25,54 +25,12 @@ def main_py(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run([sys.executable, "main.py", *args], check=check)
 
 
-def fingerprints(output: str) -> dict[int, str]:
-    return {int(r): f for r, f in re.findall(r"rank (\d+): weights fingerprint (\w+)", output)}
-
-
-@pytest.fixture(scope="module")
-def trained(digits_tfrecords, tmp_path_factory):
-    """Two ranks train through DALI-CPU, are stopped half way (--run_iter), and resume."""
-    model_dir = tmp_path_factory.mktemp("trained") / "model"
-    args = [
-        "main.py", *SMALL, "--mode=train_and_evaluate", f"--data_dir={digits_tfrecords}",
-        "--data_backend=dali", "--dali_device=cpu", f"--model_dir={model_dir}",
-        "--num_iter=60", "--iter_unit=batch", "--run_iter=30", "--lr_warmup_epochs=0.2",
-        "--zero_init_last_bn", "--crop_area_min=0.5", "--norandom_flip", "--checkpoint_every=10",
-    ]  # fmt: skip
-    first = horovodrun(2, args)
-    second = horovodrun(2, args)
-    return {"model_dir": model_dir, "data_dir": digits_tfrecords, "runs": (first, second)}
-
-
 @pytest.mark.slow
-def test_two_process_dali_training_resumes_and_ranks_agree(trained):
-    first, second = trained["runs"]
-    model_dir = trained["model_dir"]
-    # The first run stopped at step 30 with a checkpoint, the second resumed there and ended at 60.
-    assert "resumed at step 30" in second.stderr
-    steps = [int(p.name.split("-")[1]) for p in checkpoints.list_checkpoints(model_dir)]
-    assert max(steps) == 60 and 30 in steps
-    for run_ in (first, second):
-        prints = fingerprints(run_.stdout + run_.stderr)
-        assert set(prints) == {0, 1}, run_.stderr[-3000:]
-        assert prints[0] == prints[1]
-        assert "all 2 ranks hold identical weights" in run_.stderr
-    # Both runs appended to one DLLogger log; step numbers continue across the restart.
-    records = list(read_log(model_dir / "log.json"))
-    logged_steps = [r["step"][1] for r in records if len(r["step"]) == 2]
-    assert logged_steps == sorted(logged_steps) and logged_steps[-1] == 60
-    # Evaluation counted every validation image once, across both ranks. (That the model
-    # learns is shown by tests/test_demo.py, which trains long enough to tell.)
-    evals = [r["data"] for r in records if r["step"] == [] and "top1_accuracy" in r["data"]]
-    assert [e["eval_examples"] for e in evals] == [360, 360]
-    # A third run of the same command has nothing left to do.
-    third = horovodrun(2, [a for a in first.args[first.args.index("main.py") :]])
-    assert "nothing to train" in third.stderr
-
-
-@pytest.mark.slow
-def test_evaluate_predict_and_export_from_the_trained_checkpoint(trained, tmp_path):
-    model_dir, data_dir = trained["model_dir"], trained["data_dir"]
+def test_evaluate_predict_and_export_from_the_trained_checkpoint(demo_run, tmp_path):
+    """The demo's model (2 ranks, DALI, 3 epochs: tests/conftest.py) evaluated, exported and
+    predicted with by separate commands, as a user would after training."""
+    model_dir = demo_run["out_dir"] / "model"
+    data_dir = demo_run["out_dir"] / "tfrecords"
     common = [*SMALL, f"--model_dir={model_dir}", f"--data_dir={data_dir}", "--data_backend=tf"]
     export_dir = tmp_path / "export"
     evaluated = main_py(
