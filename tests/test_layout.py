@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +63,22 @@ def test_configuration_loads_without_tensorflow():
         *python_files("model_configs"),
     ]
     assert violations(config_modules, ("tensorflow", "horovod")) == []
+    # Nor through what they import: a fresh process parses flags and resolves a recipe.
+    probe = (
+        "import sys\n"
+        "from absl import flags\n"
+        "from runtime.flags import config_from_flags, define_flags\n"
+        "values = flags.FlagValues()\n"
+        "define_flags(values)\n"
+        "values(['main.py', '--arch=se-resnext101-32x4d', '--mode=training_benchmark'])\n"
+        "config_from_flags(values)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'keras', 'tensorflow', 'horovod', 'jax', 'nvidia', 'onnx', 'tf2onnx'}))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
 
 
 def test_the_model_code_is_pure_keras():

@@ -227,7 +227,7 @@ def check_format(source_format: str) -> None:
 
 def check_arch(arch: str, source_format: str) -> None:
     """UserError unless weights of `arch` can come in `source_format` (imports Keras)."""
-    from tfconvnets.models.resnet import MODEL_SPECS
+    from tfconvnets.models.specs import MODEL_SPECS
 
     if arch not in MODEL_SPECS:
         raise UserError(f"--arch={arch!r} is unknown; use one of {', '.join(MODEL_SPECS)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from tfconvnets.config import Section, option, require
-from tfconvnets.models.resnet import MODEL_SPECS, WEIGHT_INITS
+from tfconvnets.models.specs import MODEL_SPECS, WEIGHT_INITS
 
 
 @dataclasses.dataclass(frozen=True)

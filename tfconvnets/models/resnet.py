@@ -34,58 +34,24 @@ format is refused on a GPU-less machine under the TensorFlow backend.
 
 from __future__ import annotations
 
-import dataclasses
-import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import keras
 import numpy as np
 from keras import layers
 
 from tfconvnets.models.layers import DATA_FORMATS, SplitGroupedConv2D
-
-GROUPED_CONV_IMPLS = ("native", "split")
-WEIGHT_INITS = ("fan_in", "fan_out")  # the He initializer's mode (NVIDIA's --weight_init)
+from tfconvnets.models.specs import (  # noqa: F401 (re-exported: the builder's own names)
+    GROUPED_CONV_IMPLS,
+    MODEL_SPECS,
+    WEIGHT_INITS,
+    ResNetSpec,
+    list_models,
+)
 
 # Keras' momentum weighs the old moving statistic: 0.9 here is PyTorch's momentum=0.1.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
-
-
-@dataclasses.dataclass(frozen=True)
-class ResNetSpec:
-    """What distinguishes one bottleneck ResNet from another."""
-
-    depths: tuple[int, ...]  # blocks per stage
-    widths: tuple[int, ...]  # bottleneck width (channels of the 3x3 conv) per stage
-    out_channels: tuple[int, ...] = (256, 512, 1024, 2048)  # block output channels per stage
-    groups: int = 1  # groups of the 3x3 conv (ResNeXt cardinality)
-    se_ratio: int = 0  # squeeze-and-excitation reduction ratio; 0 means no SE
-    stem_channels: int = 64
-
-    def __post_init__(self) -> None:
-        if not len(self.depths) == len(self.widths) == len(self.out_channels):
-            raise ValueError("depths, widths and out_channels need one entry per stage")
-        if any(width % self.groups for width in self.widths):
-            raise ValueError(f"widths {self.widths} must be multiples of groups {self.groups}")
-
-
-MODEL_SPECS: Mapping[str, ResNetSpec] = types.MappingProxyType(
-    {
-        "resnet50": ResNetSpec(depths=(3, 4, 6, 3), widths=(64, 128, 256, 512)),
-        "resnext101-32x4d": ResNetSpec(
-            depths=(3, 4, 23, 3), widths=(128, 256, 512, 1024), groups=32
-        ),
-        "se-resnext101-32x4d": ResNetSpec(
-            depths=(3, 4, 23, 3), widths=(128, 256, 512, 1024), groups=32, se_ratio=16
-        ),
-    }
-)
-
-
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`."""
-    return list(MODEL_SPECS)
 
 
 class _BuildContext:
