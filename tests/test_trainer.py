@@ -53,14 +53,15 @@ def tiny_pipeline(training: bool, nan_at: int | None = None) -> Pipeline:
     return Pipeline(ds.repeat() if training else ds, n, n, STEPS_PER_EPOCH)
 
 
-def tiny_model(config):
+def tiny_model(config=None, *, num_classes: int = CLASSES):
     """A four-block bottleneck ResNet: the same builder and layers as the zoo's, a fraction of
     the work, so the loop's behaviour is tested in seconds (the zoo's models train end to end
     in the subprocess tests)."""
     spec = ResNetSpec(
         depths=(1, 1, 1, 1), widths=(4, 8, 8, 8), out_channels=(8, 16, 16, 16), stem_channels=8
     )
-    return build_resnet(spec, CLASSES, input_shape=(SIZE, SIZE, 3), seed=config.loop.seed)
+    seed = config.loop.seed if config is not None else 0
+    return build_resnet(spec, num_classes, input_shape=(SIZE, SIZE, 3), seed=seed)
 
 
 def make_trainer(config, *, eval_data=True, nan_at=None, stream=None) -> Trainer:
