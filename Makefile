@@ -22,7 +22,7 @@ format: setup
 # tests/test_cluster.py starts a single-node Slurm: its Debian packages come first (root).
 test: lint
 	@bash scripts/install_slurm.sh
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest --durations=25 $(PYTEST_ARGS)
 
 # The GPU flavour (tensorflow[and-cuda], Horovod with NCCL + MPI + Gloo) built into its own
 # venv and checked; needs no GPU (docs/gpu_stack.md).
