@@ -20,8 +20,10 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 # tests/test_cluster.py starts a single-node Slurm: its Debian packages come first (root).
+# tests/test_jax_backend.py runs the models on Keras's JAX backend in .venv-jax (no TF).
 test: lint
 	@bash scripts/install_slurm.sh
+	@bash scripts/setup_jax_env.sh
 	$(PYTHON) -m pytest --durations=25 $(PYTEST_ARGS)
 
 # The GPU flavour (tensorflow[and-cuda], Horovod with NCCL + MPI + Gloo) built into its own

@@ -1,6 +1,6 @@
 """dataprep's conversion throughput vs a plain sequential tf.io read-and-write loop.
 
-Both convert the same realistic ImageNet-sized JPEGs (photo crops from scikit-learn, about
+Both convert the same realistic ImageNet-sized JPEGs (crops of two embedded photos, about
 500x375, quality 90) into the same number of TFRecord shards, in one run, on the same cores:
 
 - baseline: one process reads each file with ``tf.io.gfile`` and writes a ``tf.train.Example``

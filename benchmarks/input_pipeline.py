@@ -1,6 +1,6 @@
 """DALI (CPU) vs tf.data input throughput on realistic ImageNet-sized JPEGs.
 
-Makes a sample JPEG folder (photos from scikit-learn, ~500x375 like ImageNet), converts it
+Makes a sample JPEG folder (two embedded photos, ~500x375 like ImageNet), converts it
 with dataprep, then runs the train and eval preprocessing of each backend with the same
 threads, image size and batch size, one after the other in this process, and prints a table.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the embedded demo data (`make demo`): scikit-learn's handwritten digits
+# The main job on the embedded demo data (`make demo`): 1,797 handwritten digits
 # -> JPEG folder -> TFRecords (tfconvnets.dataprep) -> 2-process Horovod training through
 # the DALI CPU pipeline -> evaluation -> SavedModel export -> predictions -> a plot.
 # The same code path as a DGX run, only smaller. Tunables: DEMO_DIR, DEMO_EPOCHS, DEMO_NP.

@@ -12,7 +12,7 @@ from tests.launch import run
 
 @pytest.fixture(scope="session")
 def digits_tfrecords(tmp_path_factory) -> str:
-    """scikit-learn's digits as JPEGs, converted by `python -m tfconvnets.dataprep` (2+2 shards)."""
+    """The embedded digits as JPEGs, converted by `python -m tfconvnets.dataprep` (2+2 shards)."""
     from tfconvnets.demo_data import write_digits_folder
 
     root = tmp_path_factory.mktemp("digits")

@@ -10,6 +10,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 HOROVODRUN = VENV_BIN / "horovodrun"
+# Keras on JAX without TensorFlow (scripts/setup_jax_env.sh, run by `make test`).
+JAX_PYTHON = Path(os.environ.get("JAX_VENV", REPO_ROOT / ".venv-jax")) / "bin" / "python"
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

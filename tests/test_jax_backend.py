@@ -1,6 +1,7 @@
 """The pure-Keras model builders on Keras's JAX backend, which the GPU benchmark falls back to
-on machines with JAX but no TensorFlow. Each JAX run is a child process with KERAS_BACKEND=jax
-(the backend is fixed per process); this process stays on TensorFlow.
+on machines with JAX but no TensorFlow. Each JAX run is a child process in `.venv-jax` (Keras
+and JAX, no TensorFlow: scripts/setup_jax_env.sh), as on such a machine; this process stays
+on TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.launch import run
+from tests.launch import JAX_PYTHON, run
 from tfconvnets.models import ResNetSpec, build_resnet
 
 # The builder's paths at a fraction of the zoo's cost: plain bottlenecks (resnet50's), and
@@ -34,6 +35,12 @@ SPECS = {
 # because batch statistics over 4 images at 1x1 (stage 4 of a 32 px input) amplify float32
 # rounding. A wiring or layout error shows up as O(1).
 TOLERANCE = {"inference": 1e-5, "training": 5e-3}
+
+
+def jax_python() -> Path:
+    if not JAX_PYTHON.exists():
+        pytest.fail(f"{JAX_PYTHON} not found: run scripts/setup_jax_env.sh", pytrace=False)
+    return JAX_PYTHON
 
 
 def tf_case(spec: ResNetSpec, path: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -69,7 +76,7 @@ def test_jax_backend_computes_the_same_logits_as_tensorflow(tmp_path):
     cases = {name: tmp_path / f"{name}.npz" for name in SPECS}
     expected = {name: tf_case(SPECS[name], path, rng) for name, path in cases.items()}
 
-    run([sys.executable, "tests/workers/jax_forward.py", *map(str, cases.values())],
+    run([str(jax_python()), "tests/workers/jax_forward.py", *map(str, cases.values())],
         timeout=300, KERAS_BACKEND="jax")  # fmt: skip
 
     for name, path in cases.items():
@@ -91,7 +98,8 @@ def test_gpu_throughput_script_trains_on_the_cpu(backend, precisions, tmp_path):
     """benchmarks/gpu_throughput.py --smoke: every row trained (finite loss, below chance)."""
     output = tmp_path / "gpu_throughput.json"
     proc = run(
-        [sys.executable, "benchmarks/gpu_throughput.py", "--smoke", f"--backend={backend}",
+        [str(jax_python() if backend == "jax" else sys.executable), "benchmarks/gpu_throughput.py",
+         "--smoke", f"--backend={backend}",
          f"--precisions={precisions}", "--no-torch", f"--output_json={output}"],
         timeout=600,
     )  # fmt: skip

@@ -1,4 +1,5 @@
-"""The embedded demo dataset: scikit-learn's 1,797 handwritten digits as an ImageNet-style folder.
+"""The embedded demo dataset: 1,797 handwritten digits (UCI's, as scikit-learn ships them; kept in
+`data/assets/digits.npz`) as an ImageNet-style folder.
 
     python -m tfconvnets.demo_data --output_dir=DIR
 
@@ -17,26 +18,23 @@ from PIL import Image
 
 DIGIT_SIZE = 32
 CANVAS_SIZE = 40
-VALIDATION_FRACTION = 0.2
+# Pixel values 0-16, labels, and the fixed stratified 80/20 split (assets/README.md).
+DIGITS_FILE = Path(__file__).parent / "data" / "assets" / "digits.npz"
 
 
-def write_digits_folder(output_dir: str, *, seed: int = 0) -> dict[str, int]:
+def write_digits_folder(output_dir: str) -> dict[str, int]:
     """Writes the folder and returns the number of images per split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    indices = np.arange(len(digits.target))
-    train_idx, val_idx = train_test_split(
-        indices, test_size=VALIDATION_FRACTION, stratify=digits.target, random_state=seed
-    )
+    with np.load(DIGITS_FILE) as digits:
+        images, labels, validation = digits["images"], digits["labels"], digits["validation"]
+    indices = np.arange(len(labels))
+    train_idx, val_idx = indices[~validation], indices[validation]
     offset = (CANVAS_SIZE - DIGIT_SIZE) // 2
     for split, split_idx in (("train", train_idx), ("validation", val_idx)):
         for i in split_idx:
-            grey = Image.fromarray((digits.images[i] * (255.0 / 16.0)).astype(np.uint8))
+            grey = Image.fromarray((images[i] * (255.0 / 16.0)).astype(np.uint8))
             canvas = Image.new("L", (CANVAS_SIZE, CANVAS_SIZE), 0)
             canvas.paste(grey.resize((DIGIT_SIZE, DIGIT_SIZE), Image.BICUBIC), (offset, offset))
-            folder = Path(output_dir, split, str(digits.target[i]))
+            folder = Path(output_dir, split, str(labels[i]))
             folder.mkdir(parents=True, exist_ok=True)
             canvas.convert("RGB").save(folder / f"digit_{i:04d}.JPEG", quality=95)
     return {"train": len(train_idx), "validation": len(val_idx)}
@@ -44,7 +42,7 @@ def write_digits_folder(output_dir: str, *, seed: int = 0) -> dict[str, int]:
 
 def main(argv: list[str]) -> None:
     del argv
-    counts = write_digits_folder(flags.FLAGS.output_dir, seed=flags.FLAGS.seed)
+    counts = write_digits_folder(flags.FLAGS.output_dir)
     print(
         f"wrote {counts['train']} train and {counts['validation']} validation digits to {flags.FLAGS.output_dir}"
     )
@@ -52,5 +50,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.DEFINE_string("output_dir", None, "Where to write train/ and validation/.", required=True)
-    flags.DEFINE_integer("seed", 0, "Seed of the stratified split.")
     app.run(main)

@@ -1,6 +1,6 @@
 """Realistic ImageNet-style JPEG folders for benchmarks and tests, without any download.
 
-The pixels come from the two photos that ship with scikit-learn (china.jpg, flower.jpg):
+The pixels come from two photos kept in `assets/` (china.jpg, flower.jpg, from scikit-learn):
 random resized crops and flips of them, resized to about ``size``, so decoders and resizers
 see real photographic content (entropy, JPEG statistics) rather than noise.
 """
@@ -8,15 +8,20 @@ see real photographic content (entropy, JPEG statistics) rather than noise.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+PHOTOS = tuple(Path(__file__).parent / "assets" / name for name in ("china.jpg", "flower.jpg"))
+
 
 def _sample_photos() -> list[Image.Image]:
-    from sklearn.datasets import load_sample_images
-
-    return [Image.fromarray(array) for array in load_sample_images().images]
+    photos = []
+    for path in PHOTOS:
+        with Image.open(path) as photo:
+            photos.append(photo.convert("RGB"))
+    return photos
 
 
 def make_sample_image(
