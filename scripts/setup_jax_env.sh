@@ -8,7 +8,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 JAX_VENV="${JAX_VENV:-$ROOT/.venv-jax}"
 PYTHON="${PYTHON:-python3}"
-STAMP="$JAX_VENV/.tfconvnets-jax-$(cat "$ROOT/requirements-jax.txt" "$0" | sha256sum | cut -c1-16)"
+STAMP="$JAX_VENV/.tfconvnets-jax-$(cat "$ROOT/requirements-jax.txt" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)"
 if [[ -f "$STAMP" ]]; then
   echo "==> [jax] $JAX_VENV is up to date"
   exit 0
