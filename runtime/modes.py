@@ -130,6 +130,8 @@ def _export(ctx: Context, model: keras.Model) -> str | None:
         xla=config.compute.xla, calibration_images=calibration,
     )  # fmt: skip
     print(f"exported {', '.join(formats)}: {config.run.export_dir}", flush=True)
+    if config.optimization.ema_decay and config.run.training:
+        logging.info("exported the EMA weights (--ema_decay=%g)", config.optimization.ema_decay)
     return config.run.export_dir
 
 
@@ -148,9 +150,11 @@ def train(ctx: Context) -> Results:
     evaluating = config.run.mode == "train_and_evaluate"
     eval_data = pipeline(ctx, "validation", training=False) if evaluating else None
     model = build_model(config)
-    results = Trainer(config, ctx.dist, model, train_data, ctx.reporter, eval_data).train()
-    if (path := _export(ctx, model)) is not None:
-        results["export_dir"] = path
+    trainer = Trainer(config, ctx.dist, model, train_data, ctx.reporter, eval_data)
+    results = trainer.train()
+    with trainer.evaluation_weights():  # the EMA's, with --ema_decay
+        if (path := _export(ctx, model)) is not None:
+            results["export_dir"] = path
     return [results]
 
 

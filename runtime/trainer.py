@@ -6,6 +6,8 @@ What the loop trains with is built by `runtime.factory`; the checkpoint protocol
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 from absl import logging
@@ -38,6 +40,7 @@ class Trainer:
         parts = build_training(config, dist, model, train_data.steps_per_epoch)
         self.schedule, self.optimizer = parts.schedule, parts.optimizer
         self.lr_schedule, self.train_step = parts.lr_schedule, parts.train_step
+        self.ema, self.optimizer_state = parts.ema, parts.optimizer_state
         self.eval_step = build_eval_step(config, model) if eval_data is not None else None
         self.checkpoints = CheckpointManager(
             config.loop.model_dir,
@@ -59,8 +62,9 @@ class Trainer:
     def train(self) -> dict:
         start = self.checkpoints.restore(
             self.model,
-            self.optimizer.variables,
+            self.optimizer_state,
             finetune_checkpoint=self.config.loop.finetune_checkpoint,
+            ema=self.ema,
         )
         if start:
             logging.info("resumed at step %d of %d", start, self.schedule.total_steps)
@@ -99,10 +103,17 @@ class Trainer:
         if clock.at_warmup_end(step):
             clock.start(step)
         losses = None
+        micro_indices = [
+            tf.constant(i, tf.int64) for i in range(self.train_step.accumulation_steps - 1)
+        ]
         try:
             while step < end:
+                step_tensor = tf.constant(step, tf.int64)
+                for index in micro_indices:  # --accumulation_steps > 1 only
+                    images, labels = next(data)
+                    self.train_step.accumulate(images, labels, step_tensor, index)
                 images, labels = next(data)
-                losses = self.train_step(images, labels, tf.constant(step, tf.int64))
+                losses = self.train_step(images, labels, step_tensor)
                 step += 1
                 if clock.at_warmup_end(step):
                     losses.total.numpy()  # sync: the clock starts once the warm-up work is done
@@ -161,14 +172,28 @@ class Trainer:
         self._last_saved_step = step
         self.sync_batch_norm_statistics()
         epoch = step / self.schedule.steps_per_epoch
-        self.checkpoints.save(step, self.model, self.optimizer.variables, epoch)
+        self.checkpoints.save(step, self.model, self.optimizer_state, epoch, self.ema)
 
     def _fingerprint(self, step: int) -> str:
         return check_identical(self.dist, self.model.variables, step)
 
+    def evaluation_weights(self) -> contextlib.AbstractContextManager:
+        """The weights evaluation and export use: the EMA's when there is one (swapped back
+        after the block), else the trained ones."""
+        if self.ema is None:
+            return contextlib.nullcontext()
+        return self.ema.swapped_in()
+
     def _evaluate(self, step: int) -> dict:
         self.sync_batch_norm_statistics()
-        metrics = evaluate(self.eval_step, self.eval_data, self.dist)
+        if self.dist.is_chief:
+            logging.info(
+                "evaluating at step %d with %s", step,
+                f"the EMA weights (decay {self.ema.decay:g}; BN statistics as trained)"
+                if self.ema else "the trained weights",
+            )  # fmt: skip
+        with self.evaluation_weights():
+            metrics = evaluate(self.eval_step, self.eval_data, self.dist)
         self.reporter.evaluation(step, metrics)
         self._last_eval = (step, metrics)
         return metrics
