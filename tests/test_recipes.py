@@ -345,6 +345,11 @@ def test_the_loop_counts_updates_and_refuses_more_accumulation_than_an_epoch(tmp
     assert trainer.schedule.global_batch == BATCH * 2
     assert trainer.train()["step"] == 2  # 2 epochs of 1 update of 2 batches
     assert int(trainer.optimizer.iterations.numpy()) == 2
+    # Without accumulation the step has no accumulators: the k == 1 step is the one before.
+    plain = make_trainer(small_config(tmp_path / "k1"), eval_data=False)
+    assert (
+        not hasattr(plain.train_step, "_accumulated") and plain.train_step.accumulation_steps == 1
+    )
     too_many = small_config(tmp_path / "k4", accumulation_steps=4)
     with pytest.raises(UserError, match=r"^--accumulation_steps=4 is more than the 3 batch"):
         make_trainer(too_many, eval_data=False)
