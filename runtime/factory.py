@@ -67,10 +67,13 @@ class TrainingParts:
 
 
 def build_model(config: RunConfig) -> keras.Model:
+    """The model of --arch; its input is [None, None] (any size: the models are fully
+    convolutional with global pooling) when it trains or evaluates at more than one size."""
+    size = None if config.data.variable_size else config.data.image_size
     return create_model(
         config.model.arch,
         config.data.num_classes,
-        input_shape=(config.data.image_size, config.data.image_size, 3),
+        input_shape=(size, size, 3),
         zero_init_last_bn_gamma=config.model.zero_init_last_bn,
         dropout=config.model.dropout,
         grouped_conv=config.compute.grouped_conv,
