@@ -148,12 +148,12 @@ def _export(ctx: Context, model: keras.Model) -> str | None:
 
 def train_pipelines(ctx: Context) -> tuple[Pipeline, Callable[[int], Pipeline]]:
     """The training pipeline of the first epoch, and the maker of one per image size (for
-    --image_size_schedule; the first size starts at epoch 0 by rule)."""
+    --image_size_schedule)."""
 
     def pipeline_for(size: int) -> Pipeline:
         return pipeline(ctx, "train", training=True, image_size=size)
 
-    return pipeline_for(ctx.config.data.train_size(0, 1)), pipeline_for
+    return pipeline_for(ctx.config.data.first_train_size), pipeline_for
 
 
 def train(ctx: Context) -> Results:

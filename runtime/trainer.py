@@ -42,7 +42,7 @@ class Trainer:
         self.config, self.dist, self.model, self.reporter = config, dist, model, reporter
         self.train_data, self.eval_data = train_data, eval_data
         self._pipeline_for = pipeline_for
-        self._train_data_size = config.data.train_size(0, 1)  # the size train_data was made at
+        self._train_data_size = config.data.first_train_size  # the size train_data was made at
         parts = build_training(config, dist, model, train_data.steps_per_epoch)
         self.schedule, self.optimizer = parts.schedule, parts.optimizer
         self.lr_schedule, self.train_step = parts.lr_schedule, parts.train_step

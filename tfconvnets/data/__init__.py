@@ -160,6 +160,11 @@ class DataConfig(Section):
         """Whether the model sees more than one image size (then its input is [None, None])."""
         return bool(self.image_size_schedule) or self.eval_size != self.image_size
 
+    @property
+    def first_train_size(self) -> int:
+        """The training size of epoch 1 (a schedule's first size starts at 0 by rule)."""
+        return self.image_size_schedule[0][0] if self.image_size_schedule else self.image_size
+
     def train_size(self, epoch: int, num_epochs: float) -> int:
         """The training image size of 0-based `epoch` of `num_epochs`."""
         return size_at_epoch(self.image_size_schedule, epoch, num_epochs, self.image_size)
