@@ -329,7 +329,10 @@ def data_benchmark(ctx: Context) -> Results:
 
 def model_summary(config: RunConfig) -> None:
     config = dataclasses.replace(
-        config, compute=config.compute.replace(xla=bool(config.compute.xla))
+        config,
+        compute=config.compute.replace(xla=bool(config.compute.xla)),
+        # Counted at --image_size: a fixed input, whatever the recipe's other sizes.
+        data=config.data.replace(image_size_schedule=(), eval_image_size=0),
     )
     model = build_model(config)
     params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
