@@ -355,3 +355,47 @@ def test_a_resumed_run_continues_at_the_size_of_its_epoch(tmp_path, caplog, monk
     assert requested == [64]  # the epoch-1 pipeline it was given is never read
     assert "image size 64 from epoch 3" in caplog.text
     assert trainer.train_step._step.experimental_get_tracing_count() == 1
+
+
+# --- the export after training -------------------------------------------------------------
+
+
+def test_the_export_after_training_gets_the_ema_weights_at_the_eval_size(tmp_path, monkeypatch):
+    """`--mode=train` through `runtime.modes.train`, in process, on the tiny model: the export
+    runs with the averaged weights swapped in, at --eval_image_size, and the trained weights are
+    back afterwards. (The artifact writer is recorded, not run: what it would write is the
+    model's weights at the call, and export_artifacts' own tests cover the writing.)"""
+    import runtime.modes
+    import tfconvnets.deploy.artifacts
+    from runtime.process import Context
+    from runtime.reporting import Reporter
+
+    config = small_config(
+        tmp_path, mode="train", ema_decay=0.5, num_iter=2, iter_unit="batch",
+        eval_image_size=64, export_dir=str(tmp_path / "export"),
+    )  # fmt: skip
+    trainers, exported = [], []
+
+    class RecordedTrainer(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+
+    monkeypatch.setattr(runtime.modes, "Trainer", RecordedTrainer)
+    monkeypatch.setattr(runtime.modes, "build_model", any_size_model)
+
+    def record(model, export_dir, formats, *, image_size, **_):
+        exported.append(([v.numpy().copy() for v in model.trainable_variables], image_size))
+        return {}
+
+    monkeypatch.setattr(tfconvnets.deploy.artifacts, "export_artifacts", record)
+    reporter = Reporter(enabled=True, log_path=None, tensorboard_dir=None, progress=False)
+    results = runtime.modes.train(Context(config, SINGLE, reporter))
+    assert results[0]["step"] == 2 and results[0]["export_dir"] == config.run.export_dir
+    ((weights, image_size),) = exported
+    assert image_size == 64
+    (trainer,) = trainers
+    for w, a in zip(weights, trainer.ema.averages, strict=True):
+        np.testing.assert_array_equal(w, a.numpy())
+    live = [v.numpy() for v in trainer.model.trainable_variables]  # the trained ones, back
+    assert any(not np.array_equal(w, v) for w, v in zip(weights, live, strict=True))
