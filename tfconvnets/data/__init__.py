@@ -55,12 +55,52 @@ DALI_DEVICES = ("auto", "cpu", "gpu")
 AUTO_AUGMENT_POLICIES = ("none", "autoaugment", "randaugment", "trivialaugment")
 # Policies the tf.data pipeline has (Keras 3 has RandAugment, not AutoAugment/TrivialAugment).
 TF_AUTO_AUGMENT_POLICIES = ("none", "randaugment")
-RAND_AUGMENT_OPS = 2  # RandAugment's n: ops per image (timm's rand-m9-n2, DALI's examples)
+RAND_AUGMENT_OPS = 2  # RandAugment's n: ops per image (timm's rand-m9-n2, torchvision's default)
 MAGNITUDE_BINS = 31  # magnitudes 0..30, DALI's default num_magnitude_bins (timm's max 30)
 SIZE_MULTIPLE = 32  # the models' output stride: whole feature maps at every stage
 
 # Nominal ImageNet-1k sizes, used by the synthetic backend so that epoch math works.
 SYNTHETIC_NUM_EXAMPLES = {"train": 1_281_167, "validation": 50_000}
+
+
+def parse_size_at(item: str) -> tuple[int, float]:
+    """``"160@0.5"`` -> (160, 0.5): a size and the fraction of training it starts at."""
+    size, at, fraction = item.strip().partition("@")
+    try:
+        if not at:
+            raise ValueError
+        return int(size), float(fraction)
+    except ValueError:
+        raise ValueError(f"{item!r} is not size@fraction (e.g. 160@0,192@0.5)") from None
+
+
+def check_size_schedule(schedule: tuple[tuple[int, float], ...]) -> None:
+    sizes = [s for s, _ in schedule]
+    starts = [f for _, f in schedule]
+    flag = "image_size_schedule"
+    require(starts[0] == 0, flag, f"the first size must start at 0, not {starts[0]:g}")
+    require(all(0 <= f < 1 for f in starts), flag, "fractions must be in [0, 1)")
+    require(all(a < b for a, b in itertools.pairwise(starts)), flag, "fractions must increase")
+    require(
+        all(a < b for a, b in itertools.pairwise(sizes)),
+        flag,
+        f"sizes must increase, got {', '.join(map(str, sizes))}",
+    )
+    bad = [s for s in sizes if s % SIZE_MULTIPLE or s < SIZE_MULTIPLE]
+    require(
+        not bad, flag, f"sizes must be multiples of {SIZE_MULTIPLE}, got {bad[0] if bad else 0}"
+    )
+
+
+def size_at_epoch(
+    schedule: tuple[tuple[int, float], ...], epoch: int, num_epochs: float, default: int
+) -> int:
+    """The size of the last entry whose start epoch, floor(fraction x num_epochs), is <= epoch."""
+    size = default
+    for s, fraction in schedule:
+        if math.floor(fraction * num_epochs + 1e-9) <= epoch:
+            size = s
+    return size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +132,7 @@ class DataConfig(Section):
         "Progressive resizing: size@fraction items, e.g. 160@0,192@0.5; the training image size "
         "from that fraction of the epochs on (first at 0, sizes increasing, multiples of 32; "
         "changes at epoch boundaries; overrides --image_size in training).",
-        parse=lambda item: parse_size_at(item),
+        parse=parse_size_at,
     )
     auto_augment: str = option(
         "none",
@@ -168,46 +208,6 @@ class DataConfig(Section):
     def train_size(self, epoch: int, num_epochs: float) -> int:
         """The training image size of 0-based `epoch` of `num_epochs`."""
         return size_at_epoch(self.image_size_schedule, epoch, num_epochs, self.image_size)
-
-
-def parse_size_at(item: str) -> tuple[int, float]:
-    """``"160@0.5"`` -> (160, 0.5): a size and the fraction of training it starts at."""
-    size, at, fraction = item.strip().partition("@")
-    try:
-        if not at:
-            raise ValueError
-        return int(size), float(fraction)
-    except ValueError:
-        raise ValueError(f"{item!r} is not size@fraction (e.g. 160@0,192@0.5)") from None
-
-
-def check_size_schedule(schedule: tuple[tuple[int, float], ...]) -> None:
-    sizes = [s for s, _ in schedule]
-    starts = [f for _, f in schedule]
-    flag = "image_size_schedule"
-    require(starts[0] == 0, flag, f"the first size must start at 0, not {starts[0]:g}")
-    require(all(0 <= f < 1 for f in starts), flag, "fractions must be in [0, 1)")
-    require(all(a < b for a, b in itertools.pairwise(starts)), flag, "fractions must increase")
-    require(
-        all(a < b for a, b in itertools.pairwise(sizes)),
-        flag,
-        f"sizes must increase, got {', '.join(map(str, sizes))}",
-    )
-    bad = [s for s in sizes if s % SIZE_MULTIPLE or s < SIZE_MULTIPLE]
-    require(
-        not bad, flag, f"sizes must be multiples of {SIZE_MULTIPLE}, got {bad[0] if bad else 0}"
-    )
-
-
-def size_at_epoch(
-    schedule: tuple[tuple[int, float], ...], epoch: int, num_epochs: float, default: int
-) -> int:
-    """The size of the last entry whose start epoch, floor(fraction x num_epochs), is <= epoch."""
-    size = default
-    for s, fraction in schedule:
-        if math.floor(fraction * num_epochs + 1e-9) <= epoch:
-            size = s
-    return size
 
 
 @dataclasses.dataclass(frozen=True)
