@@ -11,7 +11,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from model_configs import nvidia
+from model_configs import fast, nvidia
 from runtime.config import FLAG_FIELDS, MODES_NEEDING_DATA, RunConfig
 from tfconvnets.config import require
 from tfconvnets.errors import UserError
@@ -21,6 +21,7 @@ RECIPES: Mapping[str, Callable[[str], RunConfig]] = types.MappingProxyType(
     {
         "nvidia-90": nvidia.ninety_epochs,
         "nvidia-250": nvidia.two_hundred_fifty_epochs,
+        "fast": fast.fast,
     }
 )
 DEFAULT_RECIPE = RunConfig.recipe

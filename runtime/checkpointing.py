@@ -18,6 +18,7 @@ from absl import logging
 from runtime.distributed import Distributed
 from runtime.preemption import NONFINITE_EXIT_CODE, TrainingStopped
 from tfconvnets import checkpoints
+from tfconvnets.ema import WeightAverage
 from tfconvnets.errors import UserError
 from tfconvnets.finetune import load_pretrained
 
@@ -43,25 +44,32 @@ class CheckpointManager:
         *,
         required: bool = False,
         finetune_checkpoint: str | None = None,
+        ema: WeightAverage | None = None,
     ) -> int:
         """Loads the newest intact checkpoint on the chief, then broadcasts the outcome and the
         variables; returns its step, or 0 when starting fresh (from `finetune_checkpoint`, if
-        given). With `optimizer_variables` None only the model is restored (eval, predict)."""
+        given). With `optimizer_variables` None only the model is restored (eval, predict,
+        export), with the checkpoint's EMA weights when it holds some. `ema`: the training
+        run's averages, restored too (or started from the weights when the checkpoint has
+        none)."""
         outcome: tuple[str, Any] = ("fresh", 0)
         if self.dist.is_chief:
             try:
                 outcome = self._restore_on_chief(
-                    model, optimizer_variables, required, finetune_checkpoint
+                    model, optimizer_variables, required, finetune_checkpoint, ema
                 )
             except UserError as e:
                 outcome = ("error", str(e))
         outcome = self.dist.broadcast_object(outcome, name="restore_outcome")
         if outcome[0] == "error":
             raise UserError(outcome[1])
-        self.dist.broadcast_variables(list(model.variables) + list(optimizer_variables or []))
+        averages = ema.averages if ema is not None else []
+        self.dist.broadcast_variables(
+            list(model.variables) + list(optimizer_variables or []) + averages
+        )
         return int(outcome[1])
 
-    def _restore_on_chief(self, model, optimizer_variables, required, finetune_checkpoint):
+    def _restore_on_chief(self, model, optimizer_variables, required, finetune_checkpoint, ema):
         if optimizer_variables is not None and self.model_dir is not None:
             (self.model_dir / PREEMPTED_FILE).unlink(missing_ok=True)  # a new training start
         found = checkpoints.latest_valid_checkpoint(self.model_dir) if self.model_dir else None
@@ -80,26 +88,57 @@ class CheckpointManager:
         checkpoints.assign_variables(
             model.variables, meta["model_variables"], arrays, "model", str(path)
         )
+        saved_ema = bool(meta.get("ema_variables"))
         if optimizer_variables is not None:
             checkpoints.assign_variables(
                 optimizer_variables, meta["optimizer_variables"], arrays, "optimizer", str(path)
             )
             logging.info("resumed from %s (step %d)", path, meta["step"])
+            if ema is not None and saved_ema:
+                checkpoints.assign_variables(
+                    ema.averages, meta["ema_variables"], arrays, "ema", str(path)
+                )
+            elif ema is not None:
+                ema.start_from_weights()
+                logging.info(
+                    "%s holds no EMA of the weights: the EMA (--ema_decay=%g) starts from the "
+                    "current weights", path, ema.decay,
+                )  # fmt: skip
+            elif saved_ema:
+                logging.info(
+                    "%s holds an EMA of the weights (decay %s); this run keeps none "
+                    "(--ema_decay=0), so it is dropped", path, meta.get("ema_decay"),
+                )  # fmt: skip
         else:
-            logging.info("loaded %s (step %d)", path, meta["step"])
+            used_ema = checkpoints.assign_ema_weights(model.variables, meta, arrays, str(path))
+            logging.info(
+                "loaded %s (step %d): %s", path, meta["step"],
+                f"its EMA weights (decay {meta.get('ema_decay')}; BN statistics as trained)"
+                if used_ema else "its trained weights (it holds no EMA)",
+            )  # fmt: skip
         self.last_saved = path
         return ("resumed", int(meta["step"]))
 
-    def save(self, step: int, model: keras.Model, optimizer_variables: list, epoch: float) -> None:
+    def save(
+        self,
+        step: int,
+        model: keras.Model,
+        optimizer_variables: list,
+        epoch: float,
+        ema: WeightAverage | None = None,
+    ) -> None:
         """Writes a checkpoint on the chief and prunes old ones; a non-finite state stops the
-        run instead of pushing good checkpoints out."""
+        run instead of pushing good checkpoints out. `optimizer_variables` exclude `ema`'s."""
         if not self.dist.is_chief or self.model_dir is None:
             return
         metadata = {**self.metadata, "epoch": epoch}
+        if ema is not None:
+            metadata["ema_decay"] = ema.decay
         try:
             path = checkpoints.write_checkpoint(
-                self.model_dir, step, model.variables, optimizer_variables, metadata
-            )
+                self.model_dir, step, model.variables, optimizer_variables, metadata,
+                ema=ema.by_path() if ema is not None else None,
+            )  # fmt: skip
         except checkpoints.NonFiniteState as e:
             raise TrainingStopped(
                 f"weights became non-finite by step {step} ({e}); not saved; last good "

@@ -41,7 +41,13 @@ AMP_DTYPES = ("float16", "bfloat16")
 class LoopConfig(Section):
     """How long to train, on what batch, and how the run is checkpointed and logged."""
 
-    batch_size: int = option(256, "Batch size per GPU/process.")
+    batch_size: int = option(256, "Batch size per GPU/process (per micro-batch, see below).")
+    accumulation_steps: int = option(
+        1,
+        "Accumulate the gradients of this many batches on each process, then allreduce once and "
+        "update once: global batch = --batch_size x processes x this, and the LR scaling, the "
+        "schedule, --num_iter with --iter_unit=batch and the logged step count updates.",
+    )
     num_iter: int = option(90, "Training length in --iter_unit.")
     iter_unit: str = option("epoch", "Unit of --num_iter.", choices=("epoch", "batch"))
     run_iter: int = option(
@@ -65,6 +71,11 @@ class LoopConfig(Section):
 
     def _check(self) -> None:
         require(self.batch_size > 0, "batch_size", f"must be positive, got {self.batch_size}")
+        require(
+            self.accumulation_steps >= 1,
+            "accumulation_steps",
+            f"must be >= 1 (1: no accumulation), got {self.accumulation_steps}",
+        )
         require(self.num_iter > 0, "num_iter", f"must be positive, got {self.num_iter}")
         require(
             self.run_iter == -1 or self.run_iter > 0, "run_iter", "must be -1 (all) or positive"

@@ -10,13 +10,19 @@ import keras
 from runtime.config import RunConfig
 from runtime.distributed import Distributed
 from runtime.steps import EvalStep, TrainStep
+from tfconvnets.ema import WeightAverage
+from tfconvnets.errors import UserError
 from tfconvnets.models import create_model
 from tfconvnets.training import AtLoopStep, learning_rate_schedule, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """The run's length and learning rate, in steps of the global batch."""
+    """The run's length and learning rate, in steps of the global batch.
+
+    A step is one optimizer update: with --accumulation_steps=k it takes k batches per process,
+    and the global batch is --batch_size x processes x k.
+    """
 
     steps_per_epoch: int
     total_steps: int
@@ -26,9 +32,17 @@ class Schedule:
 
     @classmethod
     def from_config(cls, config: RunConfig, world_size: int, steps_per_epoch: int) -> Schedule:
+        """`steps_per_epoch`: batches per process per epoch (the pipeline's)."""
         loop = config.loop
+        k = loop.accumulation_steps
+        if steps_per_epoch < k:
+            raise UserError(
+                f"--accumulation_steps={k} is more than the {steps_per_epoch} batch(es) of "
+                f"--batch_size={loop.batch_size} per process in an epoch of this data"
+            )
+        steps_per_epoch //= k  # a leftover batch of an epoch starts the next one's first update
         total = loop.num_iter * steps_per_epoch if loop.iter_unit == "epoch" else loop.num_iter
-        global_batch = loop.batch_size * world_size
+        global_batch = loop.batch_size * world_size * k
         return cls(
             steps_per_epoch=steps_per_epoch,
             total_steps=total,
@@ -48,13 +62,18 @@ class TrainingParts:
     lr_schedule: keras.optimizers.schedules.LearningRateSchedule
     optimizer: keras.optimizers.Optimizer
     train_step: TrainStep
+    ema: WeightAverage | None  # --ema_decay's averages, held by the optimizer
+    optimizer_state: list  # the optimizer's variables but the averages (checkpointed apart)
 
 
 def build_model(config: RunConfig) -> keras.Model:
+    """The model of --arch; its input is [None, None] (any size: the models are fully
+    convolutional with global pooling) when it trains or evaluates at more than one size."""
+    size = None if config.data.variable_size else config.data.image_size
     return create_model(
         config.model.arch,
         config.data.num_classes,
-        input_shape=(config.data.image_size, config.data.image_size, 3),
+        input_shape=(size, size, 3),
         zero_init_last_bn_gamma=config.model.zero_init_last_bn,
         dropout=config.model.dropout,
         grouped_conv=config.compute.grouped_conv,
@@ -78,9 +97,14 @@ def build_training(
     )
     at_loop_step = AtLoopStep(lr_schedule)
     optimizer = make_optimizer(
-        at_loop_step, momentum=opt.momentum, loss_scaling=config.compute.dynamic_loss_scaling
+        at_loop_step,
+        momentum=opt.momentum,
+        loss_scaling=config.compute.dynamic_loss_scaling,
+        ema_decay=opt.ema_decay,
     )
     optimizer.build(model.trainable_variables)
+    ema = WeightAverage.of(optimizer, model.trainable_variables)
+    state = ema.excluding_averages(optimizer.variables) if ema else list(optimizer.variables)
     train_step = TrainStep(
         model,
         optimizer,
@@ -89,6 +113,8 @@ def build_training(
         weight_decay=opt.weight_decay,
         label_smoothing=opt.label_smoothing,
         mixup_alpha=opt.mixup,
+        cutmix_alpha=opt.cutmix,
+        accumulation_steps=config.loop.accumulation_steps,
         xla=config.compute.xla,
         fp16_allreduce=config.compute.fp16_allreduce,
         seed=config.loop.seed,
@@ -96,7 +122,7 @@ def build_training(
         schedule_step=at_loop_step.step,
         static_loss_scale=config.compute.fixed_loss_scale,
     )
-    return TrainingParts(schedule, lr_schedule, optimizer, train_step)
+    return TrainingParts(schedule, lr_schedule, optimizer, train_step, ema, state)
 
 
 def build_eval_step(config: RunConfig, model: keras.Model) -> EvalStep:

@@ -83,10 +83,18 @@ def _config_notes(config: RunConfig) -> None:
 
 
 def pipeline(
-    ctx: Context, split: str, *, training: bool, batch_size: int | None = None
+    ctx: Context,
+    split: str,
+    *,
+    training: bool,
+    batch_size: int | None = None,
+    image_size: int | None = None,
 ) -> Pipeline:
+    """The rank's pipeline of `split`; training at `image_size` if given (a size of
+    --image_size_schedule), else at --image_size (evaluation: --eval_image_size)."""
+    data = ctx.config.data
     return build_pipeline(
-        ctx.config.data,
+        data if image_size is None else data.replace(image_size=image_size),
         split=split,
         batch_size=batch_size or ctx.config.loop.batch_size,
         training=training,
@@ -126,19 +134,31 @@ def _export(ctx: Context, model: keras.Model) -> str | None:
         else None
     )
     export_artifacts(
-        model, config.run.export_dir, formats, image_size=config.data.image_size,
+        model, config.run.export_dir, formats, image_size=config.data.eval_size,
         xla=config.compute.xla, calibration_images=calibration,
     )  # fmt: skip
     print(f"exported {', '.join(formats)}: {config.run.export_dir}", flush=True)
+    if config.optimization.ema_decay and config.run.training:
+        logging.info("exported the EMA weights (--ema_decay=%g)", config.optimization.ema_decay)
     return config.run.export_dir
 
 
 # --- modes --------------------------------------------------------------------------------
 
 
+def train_pipelines(ctx: Context) -> tuple[Pipeline, Callable[[int], Pipeline]]:
+    """The training pipeline of the first epoch, and the maker of one per image size (for
+    --image_size_schedule)."""
+
+    def pipeline_for(size: int) -> Pipeline:
+        return pipeline(ctx, "train", training=True, image_size=size)
+
+    return pipeline_for(ctx.config.data.first_train_size), pipeline_for
+
+
 def train(ctx: Context) -> Results:
     config = ctx.config
-    train_data = pipeline(ctx, "train", training=True)
+    train_data, pipeline_for = train_pipelines(ctx)
     if train_data.shard_examples < config.loop.batch_size:
         raise UserError(
             f"--batch_size={config.loop.batch_size} is larger than this rank's share of the "
@@ -148,9 +168,13 @@ def train(ctx: Context) -> Results:
     evaluating = config.run.mode == "train_and_evaluate"
     eval_data = pipeline(ctx, "validation", training=False) if evaluating else None
     model = build_model(config)
-    results = Trainer(config, ctx.dist, model, train_data, ctx.reporter, eval_data).train()
-    if (path := _export(ctx, model)) is not None:
-        results["export_dir"] = path
+    trainer = Trainer(
+        config, ctx.dist, model, train_data, ctx.reporter, eval_data, pipeline_for=pipeline_for
+    )
+    results = trainer.train()
+    with trainer.evaluation_weights():  # the EMA's, with --ema_decay
+        if (path := _export(ctx, model)) is not None:
+            results["export_dir"] = path
     return [results]
 
 
@@ -182,7 +206,9 @@ def predict(ctx: Context) -> Results:
     unreadable = []
     for i, path in enumerate(files):
         try:
-            image = load_eval_image(str(path), config.data.image_size)
+            image = load_eval_image(
+                str(path), config.data.eval_size, crop_ratio=config.data.eval_crop_ratio
+            )
         except (UserError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
             unreadable.append(str(path))
             if ctx.dist.is_chief:
@@ -214,8 +240,9 @@ def _class_names(config: RunConfig) -> list[str] | None:
 def training_benchmark(ctx: Context) -> Results:
     # A benchmark writes no checkpoints.
     config = dataclasses.replace(ctx.config, loop=ctx.config.loop.replace(model_dir=None))
+    train_data, pipeline_for = train_pipelines(ctx)
     trainer = Trainer(
-        config, ctx.dist, build_model(config), pipeline(ctx, "train", training=True), ctx.reporter
+        config, ctx.dist, build_model(config), train_data, ctx.reporter, pipeline_for=pipeline_for
     )
     results = trainer.train()
     row = {"global_batch": trainer.schedule.global_batch}
@@ -302,7 +329,10 @@ def data_benchmark(ctx: Context) -> Results:
 
 def model_summary(config: RunConfig) -> None:
     config = dataclasses.replace(
-        config, compute=config.compute.replace(xla=bool(config.compute.xla))
+        config,
+        compute=config.compute.replace(xla=bool(config.compute.xla)),
+        # Counted at --image_size: a fixed input, whatever the recipe's other sizes.
+        data=config.data.replace(image_size_schedule=(), eval_image_size=0),
     )
     model = build_model(config)
     params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)

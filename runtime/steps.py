@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from runtime.distributed import Distributed
-from tfconvnets.training import decayed_kernels, l2_penalty, mixup
+from tfconvnets.training import decayed_kernels, l2_penalty, mix_batch
 
 
 class StepLosses(NamedTuple):
@@ -31,6 +31,11 @@ class TrainStep:
     on the device, read only when the loop syncs anyway. So does the first step whose labels
     fall outside [0, num_classes): `tf.one_hot` would silently turn them into all-zero targets,
     and DALI's GPU pipeline hands labels to the step unchecked.
+
+    With `accumulation_steps` k > 1, `accumulate` adds the gradients (and losses) of each of
+    the first k - 1 batches of an update into variables on the device; the call on the k-th
+    adds its own, averages over the k, allreduces once and applies once. The losses it returns
+    are the means over the k batches. Each batch is mixed with its own seed, (seed, step * k + i).
     """
 
     def __init__(
@@ -49,6 +54,8 @@ class TrainStep:
         xla_apply: bool = False,
         schedule_step: tf.Variable | None = None,
         static_loss_scale: float | None = None,
+        cutmix_alpha: float = 0.0,
+        accumulation_steps: int = 1,
     ) -> None:
         self._model = model
         self._static_loss_scale = static_loss_scale
@@ -57,6 +64,8 @@ class TrainStep:
         self._num_classes = num_classes
         self._weight_decay = weight_decay
         self._mixup_alpha = mixup_alpha
+        self._cutmix_alpha = cutmix_alpha
+        self.accumulation_steps = accumulation_steps
         self._fp16_allreduce = fp16_allreduce
         self._seed = seed
         self._kernels = decayed_kernels(model)
@@ -78,9 +87,42 @@ class TrainStep:
             else self._apply_update_fn
         )
         self._step = tf.function(self._step_fn)
+        if accumulation_steps > 1:
+            self._accumulated = [
+                tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
+                for v in model.trainable_variables
+            ]
+            self._accumulated_losses = tf.Variable(tf.zeros([2]), trainable=False)
+            self._accumulate = tf.function(self._accumulate_fn)
 
     def __call__(self, images, labels, step) -> StepLosses:
+        """The last (with k == 1 the only) batch of update `step`: the update itself."""
         return self._step(images, labels, step)
+
+    def accumulate(self, images, labels, step, index) -> None:
+        """Batch `index` (0 .. k-2) of update `step`: its gradients are only added up."""
+        self._accumulate(images, labels, step, index)
+
+    def _mixed_targets(self, images, labels, step, index):
+        self._track_labels(labels, step)
+        targets = tf.one_hot(labels, self._num_classes)
+        if self._mixup_alpha > 0 or self._cutmix_alpha > 0:
+            micro_step = tf.cast(step, tf.int64)
+            if self.accumulation_steps > 1:
+                micro_step = micro_step * self.accumulation_steps + index
+            seed = tf.stack([tf.constant(self._seed, tf.int64), micro_step])
+            images, targets = mix_batch(
+                images, targets, mixup_alpha=self._mixup_alpha,
+                cutmix_alpha=self._cutmix_alpha, seed=seed,
+            )  # fmt: skip
+        return images, targets
+
+    def _accumulate_fn(self, images, labels, step, index):
+        images, targets = self._mixed_targets(images, labels, step, index)
+        losses, grads = self._loss_and_grads(images, targets)
+        for total, g in zip(self._accumulated, grads, strict=True):
+            total.assign_add(g)
+        self._accumulated_losses.assign_add(tf.stack([losses.total, losses.cross_entropy]))
 
     def _loss_and_grads_fn(self, images, targets):
         with tf.GradientTape() as tape:
@@ -97,18 +139,27 @@ class TrainStep:
         return StepLosses(loss, cross_entropy), grads
 
     def _step_fn(self, images, labels, step):
-        self._track_labels(labels, step)
-        targets = tf.one_hot(labels, self._num_classes)
-        if self._mixup_alpha > 0:
-            seed = tf.stack([tf.constant(self._seed, tf.int64), tf.cast(step, tf.int64)])
-            images, targets = mixup(images, targets, self._mixup_alpha, seed)
+        k = self.accumulation_steps
+        images, targets = self._mixed_targets(images, labels, step, k - 1)
         losses, grads = self._loss_and_grads(images, targets)
+        if k > 1:  # traced only then: the k == 1 step is unchanged
+            grads, losses = self._take_accumulated(grads, losses)
         grads = self._dist.average_gradients(grads, self._fp16_allreduce)
         if self._schedule_step is not None:
             self._schedule_step.assign(tf.cast(step, tf.int64))
         finite = self._apply_update(losses.total, grads)
         self._track_nonfinite(finite, step)
         return losses
+
+    def _take_accumulated(self, grads, losses):
+        """The means over the k batches of the update; the accumulators are zeroed."""
+        k = self.accumulation_steps
+        grads = [(total + g) / k for total, g in zip(self._accumulated, grads, strict=True)]
+        mean = (self._accumulated_losses + tf.stack([losses.total, losses.cross_entropy])) / k
+        for total in self._accumulated:
+            total.assign(tf.zeros_like(total))
+        self._accumulated_losses.assign(tf.zeros([2]))
+        return grads, StepLosses(mean[0], mean[1])
 
     def _apply_update_fn(self, total_loss, grads):
         """Applies finite averaged gradients; returns whether the loss and update were finite."""

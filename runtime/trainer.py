@@ -6,6 +6,9 @@ What the loop trains with is built by `runtime.factory`; the checkpoint protocol
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import keras
 import tensorflow as tf
 from absl import logging
@@ -32,12 +35,18 @@ class Trainer:
         train_data: Pipeline,
         reporter: Reporter,
         eval_data: Pipeline | None = None,
+        pipeline_for: Callable[[int], Pipeline] | None = None,
     ) -> None:
+        """`train_data`: the pipeline of the first epoch's size; `pipeline_for(size)` makes the
+        others of --image_size_schedule (needed only with one)."""
         self.config, self.dist, self.model, self.reporter = config, dist, model, reporter
         self.train_data, self.eval_data = train_data, eval_data
+        self._pipeline_for = pipeline_for
+        self._train_data_size = config.data.first_train_size  # the size train_data was made at
         parts = build_training(config, dist, model, train_data.steps_per_epoch)
         self.schedule, self.optimizer = parts.schedule, parts.optimizer
         self.lr_schedule, self.train_step = parts.lr_schedule, parts.train_step
+        self.ema, self.optimizer_state = parts.ema, parts.optimizer_state
         self.eval_step = build_eval_step(config, model) if eval_data is not None else None
         self.checkpoints = CheckpointManager(
             config.loop.model_dir,
@@ -59,8 +68,9 @@ class Trainer:
     def train(self) -> dict:
         start = self.checkpoints.restore(
             self.model,
-            self.optimizer.variables,
+            self.optimizer_state,
             finetune_checkpoint=self.config.loop.finetune_checkpoint,
+            ema=self.ema,
         )
         if start:
             logging.info("resumed at step %d of %d", start, self.schedule.total_steps)
@@ -87,22 +97,53 @@ class Trainer:
             results.update(metrics if last_step == step else self._evaluate(step))
         return results
 
-    def _run_steps(self, step: int, end: int, clock: ThroughputClock) -> int:
-        """Steps until `end`, with the periodic work at display, checkpoint and epoch steps."""
-        preemption = PreemptionSignal()
+    def train_size(self, step: int) -> int:
+        """The training image size of the epoch that update `step` + 1 falls in (a resumed
+        run continues at the size of its epoch)."""
+        spe = self.schedule.steps_per_epoch
+        return self.config.data.train_size(step // spe, self.schedule.total_steps / spe)
+
+    def _train_batches(self, size: int, step: int):
+        """An iterator over the training batches at `size` (a new pipeline for a new size)."""
+        if size != self._train_data_size:
+            if self._pipeline_for is None:
+                raise ValueError("--image_size_schedule needs the Trainer's pipeline_for")
+            self.train_data, self._train_data_size = self._pipeline_for(size), size
+        if self.config.data.image_size_schedule and self.dist.is_chief:
+            logging.info(
+                "image size %d from epoch %d (the train step compiles once per size)",
+                size, step // self.schedule.steps_per_epoch + 1,
+            )  # fmt: skip
         dataset = self.train_data.dataset
         if self.config.compute.uses_gpu and not self.train_data.on_gpu:
             # Host batches (tf.data, synthetic, DALI on the CPU) are copied to the GPU ahead of
             # the step, not from pageable memory inside it.
             dataset = dataset.apply(tf.data.experimental.prefetch_to_device("/gpu:0", 2))
-        data = iter(dataset)
+        return iter(dataset)
+
+    def _run_steps(self, step: int, end: int, clock: ThroughputClock) -> int:
+        """Steps until `end`, with the periodic work at display, checkpoint and epoch steps."""
+        preemption = PreemptionSignal()
+        resizing = bool(self.config.data.image_size_schedule)
+        size = self.train_size(step)
+        data = self._train_batches(size, step)
         if clock.at_warmup_end(step):
             clock.start(step)
         losses = None
+        micro_indices = [
+            tf.constant(i, tf.int64) for i in range(self.train_step.accumulation_steps - 1)
+        ]
         try:
             while step < end:
+                at_epoch_start = step % self.schedule.steps_per_epoch == 0
+                if resizing and at_epoch_start and (new := self.train_size(step)) != size:
+                    size, data = new, self._train_batches(new, step)
+                step_tensor = tf.constant(step, tf.int64)
+                for index in micro_indices:  # --accumulation_steps > 1 only
+                    images, labels = next(data)
+                    self.train_step.accumulate(images, labels, step_tensor, index)
                 images, labels = next(data)
-                losses = self.train_step(images, labels, tf.constant(step, tf.int64))
+                losses = self.train_step(images, labels, step_tensor)
                 step += 1
                 if clock.at_warmup_end(step):
                     losses.total.numpy()  # sync: the clock starts once the warm-up work is done
@@ -161,14 +202,28 @@ class Trainer:
         self._last_saved_step = step
         self.sync_batch_norm_statistics()
         epoch = step / self.schedule.steps_per_epoch
-        self.checkpoints.save(step, self.model, self.optimizer.variables, epoch)
+        self.checkpoints.save(step, self.model, self.optimizer_state, epoch, self.ema)
 
     def _fingerprint(self, step: int) -> str:
         return check_identical(self.dist, self.model.variables, step)
 
+    def evaluation_weights(self) -> contextlib.AbstractContextManager:
+        """The weights evaluation and export use: the EMA's when there is one (swapped back
+        after the block), else the trained ones."""
+        if self.ema is None:
+            return contextlib.nullcontext()
+        return self.ema.swapped_in()
+
     def _evaluate(self, step: int) -> dict:
         self.sync_batch_norm_statistics()
-        metrics = evaluate(self.eval_step, self.eval_data, self.dist)
+        if self.dist.is_chief:
+            logging.info(
+                "evaluating at step %d with %s", step,
+                f"the EMA weights (decay {self.ema.decay:g}; BN statistics as trained)"
+                if self.ema else "the trained weights",
+            )  # fmt: skip
+        with self.evaluation_weights():
+            metrics = evaluate(self.eval_step, self.eval_data, self.dist)
         self.reporter.evaluation(step, metrics)
         self._last_eval = (step, metrics)
         return metrics

@@ -192,4 +192,4 @@ def test_a_config_built_in_code_is_held_to_the_same_rules():
 
 
 def test_recipes_registry_names():
-    assert list(RECIPES) == ["nvidia-90", "nvidia-250"]
+    assert list(RECIPES) == ["nvidia-90", "nvidia-250", "fast"]

@@ -2,7 +2,9 @@
 
 A checkpoint is a directory `ckpt-<step>/` holding `variables.npz` (every model and optimizer
 variable, by position) and `checkpoint.json` (step, architecture, variable paths and shapes,
-and the SHA-256 of the npz). It is written under a temporary name, fsynced, then renamed, so
+and the SHA-256 of the npz). A run with an EMA of its weights also stores the averages
+(`ema/...`, described by the path of the model variable each averages), apart from the other
+optimizer variables, so a checkpoint with or without them restores into a run either way. It is written under a temporary name, fsynced, then renamed, so
 a crash mid-write never leaves a half checkpoint under a real name. On restore a truncated or
 corrupt checkpoint fails its checksum and the previous one is used.
 """
@@ -15,7 +17,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +66,10 @@ def write_checkpoint(
     model_variables: Sequence,
     optimizer_variables: Sequence,
     metadata: dict[str, Any],
+    ema: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Writes `directory/ckpt-<step>` atomically and returns its path."""
+    """Writes `directory/ckpt-<step>` atomically and returns its path. `ema` maps the path of
+    each averaged model variable to its average."""
     directory = Path(directory)
     final = directory / f"ckpt-{step:09d}"
     tmp = directory / f".tmp-ckpt-{step:09d}-{os.getpid()}"
@@ -76,7 +80,9 @@ def write_checkpoint(
         arrays |= {
             f"optimizer/{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer_variables)
         }
-        variables = [*model_variables, *optimizer_variables]
+        averages = list((ema or {}).values())
+        arrays |= {f"ema/{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(averages)}
+        variables = [*model_variables, *optimizer_variables, *averages]
         bad = [
             v.path
             for v, a in zip(variables, arrays.values(), strict=True)
@@ -96,6 +102,8 @@ def write_checkpoint(
             "model_variables": _describe(model_variables),
             "optimizer_variables": _describe(optimizer_variables),
         }
+        if ema:
+            meta["ema_variables"] = [[path, list(a.shape)] for path, a in ema.items()]
         with open(tmp / META_FILE, "w") as f:
             json.dump(meta, f)
             f.flush()
@@ -185,6 +193,39 @@ def assign_variables(
                 f"{v.path} has {tuple(v.shape)} (different arch, num_classes or image format?)"
             )
         v.assign(arrays[f"{prefix}/{i:05d}"])
+
+
+def ema_weights(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The checkpoint's averaged weights by model variable path (empty without an EMA)."""
+    return {
+        path: arrays[f"ema/{i:05d}"] for i, (path, _) in enumerate(meta.get("ema_variables", []))
+    }
+
+
+def assign_ema_weights(
+    model_variables: Sequence, meta: dict[str, Any], arrays: dict[str, np.ndarray], source: str
+) -> bool:
+    """Puts the checkpoint's averaged weights into the model's variables of the same paths (after
+    the model was restored); returns False, changing nothing, when it holds no EMA."""
+    averaged = ema_weights(meta, arrays)
+    if not averaged:
+        return False
+    by_path = {v.path: v for v in model_variables}
+    missing = [p for p in averaged if p not in by_path]
+    if missing:
+        raise UserError(
+            f"checkpoint {source}: its EMA averages {missing[:3]} ({len(missing)}), which the "
+            "model does not have"
+        )
+    for path, value in averaged.items():
+        variable = by_path[path]
+        if list(variable.shape) != list(value.shape):
+            raise UserError(
+                f"checkpoint {source}: the EMA of {path} has shape {value.shape}, the model's "
+                f"{tuple(variable.shape)}"
+            )
+        variable.assign(value)
+    return True
 
 
 def check_compatible(meta: dict[str, Any], expected: dict[str, Any], source: str) -> None:

@@ -57,9 +57,11 @@ def load_pretrained(model: keras.Model, checkpoint_path: str | os.PathLike) -> P
     `checkpoint_path` is a checkpoint (`.../ckpt-000000000`) or a directory holding some, of
     which the newest intact one is used; its path is returned. The classifier is left freshly
     initialized when its shape differs (another number of classes), and that is said; any
-    other missing or mismatched variable is an error, and then nothing is assigned.
+    other missing or mismatched variable is an error, and then nothing is assigned. A checkpoint
+    trained with an EMA gives its averaged weights (its BN statistics are the trained ones).
     """
     path, meta, arrays = resolve_checkpoint(checkpoint_path)
+    averaged = checkpoints.ema_weights(meta, arrays)
     saved_arch = meta.get("arch")
     # create_model names the model after its arch.
     if saved_arch is not None and saved_arch != model.name:
@@ -83,7 +85,7 @@ def load_pretrained(model: keras.Model, checkpoint_path: str | os.PathLike) -> P
                 f"{FLAG} {path}: {v.path} has shape {tuple(shape)} there, "
                 f"{tuple(v.shape)} here (another arch?)"
             )
-        assignments.append((v, arrays[f"model/{i:05d}"]))
+        assignments.append((v, averaged.get(v.path, arrays[f"model/{i:05d}"])))
     leftover = [p for p in saved if not p.startswith(f"{CLASSIFIER}/") and not _is_rng_state(p)]
     if missing or leftover:
         raise UserError(
@@ -101,6 +103,8 @@ def load_pretrained(model: keras.Model, checkpoint_path: str | os.PathLike) -> P
             ", ".join(reinitialized),
         )
     logging.info(
-        "initialized the model from %s (%s, %d variables)", path, saved_arch, len(assignments)
-    )
+        "initialized the model from %s (%s, %d variables, %s)",
+        path, saved_arch, len(assignments),
+        f"its EMA weights, decay {meta.get('ema_decay')}" if averaged else "its trained weights",
+    )  # fmt: skip
     return path

@@ -25,7 +25,23 @@ class OptimizationConfig(Section):
         3.0517578125e-05, "L2 on conv and dense kernels, NVIDIA's wd * sum(0.5 * ||k||^2)."
     )
     label_smoothing: float = option(0.1, "Label smoothing.")
-    mixup: float = option(0.0, "Mixup alpha, 0 disables it.")
+    mixup: float = option(
+        0.0,
+        "Mixup alpha, 0 disables it. One lambda per batch, each example mixed with the batch "
+        "reversed (NVIDIA's form, kept so that the nvidia-250 recipe stays theirs).",
+    )
+    cutmix: float = option(
+        0.0,
+        "CutMix alpha, 0 disables it. Per example: its own lambda ~ Beta(alpha, alpha) and box, "
+        "pasted from the batch reversed, labels mixed by the box area actually pasted. With "
+        "--mixup too, each batch gets one or the other with probability 0.5 (timm's default).",
+    )
+    ema_decay: float = option(
+        0.0,
+        "Exponential moving average of the trainable weights (e.g. 0.9999), updated after each "
+        "optimizer step; evaluation, export and --mode=evaluate then use the averaged weights "
+        "(BN moving statistics are kept as trained). 0 disables it.",
+    )
 
     def _check(self) -> None:
         require(self.lr_init >= 0, "lr_init", f"must be >= 0, got {self.lr_init}")
@@ -34,3 +50,9 @@ class OptimizationConfig(Section):
         require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         require(self.mixup >= 0, "mixup", "must be >= 0 (0 disables it)")
+        require(self.cutmix >= 0, "cutmix", f"must be >= 0 (0 disables it), got {self.cutmix}")
+        require(
+            0 <= self.ema_decay < 1,
+            "ema_decay",
+            f"must be in [0, 1) (0 disables it), got {self.ema_decay}",
+        )

@@ -78,9 +78,18 @@ def make_optimizer(
     *,
     momentum: float,
     loss_scaling: bool,
+    ema_decay: float = 0.0,
 ) -> keras.optimizers.Optimizer:
-    """SGD with (non-Nesterov) momentum; dynamic loss scaling wraps it for float16."""
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=False)
+    """SGD with (non-Nesterov) momentum; dynamic loss scaling wraps it for float16.
+
+    With `ema_decay` the SGD also keeps Keras's moving average of the variables it updates
+    (`use_ema`): after each applied update, average = decay * average + (1 - decay) * weight,
+    and the first update sets it to the weight. Skipped fp16 steps do not touch it.
+    """
+    ema = {"use_ema": True, "ema_momentum": ema_decay} if ema_decay else {}
+    optimizer = keras.optimizers.SGD(
+        learning_rate=schedule, momentum=momentum, nesterov=False, **ema
+    )
     if loss_scaling:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -96,6 +105,65 @@ def l2_penalty(kernels: list, weight_decay: float):
     if not weight_decay or not kernels:
         return tf.constant(0.0)
     return weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(k, tf.float32)) for k in kernels])
+
+
+# timm's Mixup(switch_prob=0.5): with both mixup and cutmix on, each batch gets one of them.
+CUTMIX_PROBABILITY = 0.5
+
+
+def mix_batch(images, one_hot_labels, *, mixup_alpha: float, cutmix_alpha: float, seed):
+    """Mixup, CutMix, or one of them per batch when both alphas are > 0; stateless in `seed`."""
+    if not cutmix_alpha:
+        return mixup(images, one_hot_labels, mixup_alpha, seed)
+    if not mixup_alpha:
+        return cutmix(images, one_hot_labels, cutmix_alpha, seed)
+    choice = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 1))
+    return tf.cond(
+        choice < CUTMIX_PROBABILITY,
+        lambda: cutmix(images, one_hot_labels, cutmix_alpha, seed),
+        lambda: mixup(images, one_hot_labels, mixup_alpha, seed),
+    )
+
+
+def _beta(shape, alpha: float, seed):
+    """Beta(alpha, alpha) samples as a ratio of two gammas (TF has no stateless beta)."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    a = tf.random.stateless_gamma(shape, seeds[0], alpha)
+    b = tf.random.stateless_gamma(shape, seeds[1], alpha)
+    return a / (a + b)
+
+
+def cutmix(images, one_hot_labels, alpha: float, seed):
+    """Per example (timm's "elem" mode): example i gets its own lambda ~ Beta(alpha, alpha) and
+    a box of the batch reversed pasted in. The box (timm's rand_bbox) has sides sqrt(1 - lambda)
+    times the image's and a uniform centre, clipped at the borders; the labels are mixed by the
+    area actually pasted, so a clipped box counts for what it covers."""
+    shape = tf.shape(images)
+    n, height, width = shape[0], shape[1], shape[2]
+    lam_seed, y_seed, x_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    lam = _beta([n], alpha, lam_seed)
+    cut = tf.sqrt(1.0 - lam)
+    cut_h = tf.cast(tf.cast(height, tf.float32) * cut, tf.int32)
+    cut_w = tf.cast(tf.cast(width, tf.float32) * cut, tf.int32)
+    cy = tf.random.stateless_uniform([n], y_seed, 0, height, tf.int32)
+    cx = tf.random.stateless_uniform([n], x_seed, 0, width, tf.int32)
+    y0, y1 = (
+        tf.clip_by_value(cy - cut_h // 2, 0, height),
+        tf.clip_by_value(cy + cut_h // 2, 0, height),
+    )
+    x0, x1 = (
+        tf.clip_by_value(cx - cut_w // 2, 0, width),
+        tf.clip_by_value(cx + cut_w // 2, 0, width),
+    )
+    rows, cols = tf.range(height)[None, :], tf.range(width)[None, :]
+    in_rows = tf.logical_and(rows >= y0[:, None], rows < y1[:, None])  # [n, H]
+    in_cols = tf.logical_and(cols >= x0[:, None], cols < x1[:, None])  # [n, W]
+    box = tf.logical_and(in_rows[:, :, None], in_cols[:, None, :])[..., None]  # [n, H, W, 1]
+    mixed_images = tf.where(box, images[::-1], images)
+    pasted = tf.cast((y1 - y0) * (x1 - x0), tf.float32) / tf.cast(height * width, tf.float32)
+    kept = (1.0 - pasted)[:, None]
+    mixed_labels = kept * one_hot_labels + (1.0 - kept) * one_hot_labels[::-1]
+    return mixed_images, mixed_labels
 
 
 def mixup(images, one_hot_labels, alpha: float, seed):

@@ -3,8 +3,11 @@
 Train: ``readers.tfrecord``, or ``readers.file`` for image folders (tfconvnets/data/sources.py,
 a ``file_list`` of the sorted split), with shuffle buffer records.SHUFFLE_BUFFER ->
 ``decoders.image_random_crop`` (area [crop_area_min, 1], aspect 3/4-4/3) -> ``resize`` to S x S
--> ``crop_mirror_normalize`` (mirror from ``random.coin_flip``, HWC). Eval: ``decoders.image``
--> ``resize(resize_shorter=S / EVAL_CROP_FRACTION)`` -> ``crop_mirror_normalize`` (center crop).
+-> --auto_augment (``nvidia.dali.auto_aug``'s policy on the uint8 HWC images; the pipeline is
+built with ``enable_conditionals``) -> ``crop_mirror_normalize`` (mirror from
+``random.coin_flip``, HWC). Eval (never augmented): ``decoders.image`` ->
+``resize(resize_shorter=E / --eval_crop_ratio)`` -> ``crop_mirror_normalize`` (center crop E,
+--eval_image_size or S).
 Labels are shifted to 0-based inside DALI.
 
 Devices (``--dali_device``; "auto" picks the GPU when TensorFlow sees one, and logs it):
@@ -36,7 +39,16 @@ import tensorflow as tf
 from absl import logging
 
 from tfconvnets import constants
-from tfconvnets.data import DataConfig, Pipeline, eval_steps, records, sources, train_steps
+from tfconvnets.data import (
+    MAGNITUDE_BINS,
+    RAND_AUGMENT_OPS,
+    DataConfig,
+    Pipeline,
+    eval_steps,
+    records,
+    sources,
+    train_steps,
+)
 from tfconvnets.data.tf_pipeline import eval_resize_size
 from tfconvnets.errors import UserError
 
@@ -46,8 +58,7 @@ def import_dali() -> pytypes.SimpleNamespace:
     try:
         import nvidia.dali.plugin.tf as dali_tf
         import nvidia.dali.tfrecord as tfrec
-        from nvidia.dali import fn, types
-        from nvidia.dali.pipeline import Pipeline as DaliPipeline
+        from nvidia.dali import fn, pipeline_def, types
     except Exception as e:  # noqa: BLE001 - a plugin built for another TF fails in many ways
         raise UserError(
             f"--data_backend=dali, but DALI or its TensorFlow plugin cannot be imported ({e}); "
@@ -55,7 +66,11 @@ def import_dali() -> pytypes.SimpleNamespace:
             "(scripts/setup_env.sh), or choose --data_backend=tf"
         ) from e
     return pytypes.SimpleNamespace(
-        fn=fn, types=types, tfrec=tfrec, Pipeline=DaliPipeline, dali_tf=dali_tf
+        fn=fn,
+        types=types,
+        tfrec=tfrec,
+        pipeline_def=pipeline_def,
+        dali_tf=dali_tf,
     )
 
 
@@ -75,6 +90,22 @@ def resolve_device(dali_device: str) -> str:
     return device
 
 
+def _auto_augment(images, config: DataConfig):
+    """--auto_augment's DALI policy on the uint8 HWC images (on their device)."""
+    from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
+
+    if config.auto_augment == "autoaugment":
+        return auto_augment.auto_augment_image_net(images)
+    if config.auto_augment == "randaugment":
+        return rand_augment.rand_augment(
+            images,
+            n=RAND_AUGMENT_OPS,
+            m=config.auto_augment_magnitude,
+            num_magnitude_bins=MAGNITUDE_BINS,
+        )
+    return trivial_augment.trivial_augment_wide(images, num_magnitude_bins=MAGNITUDE_BINS)
+
+
 def _dali_graph(
     dali: pytypes.SimpleNamespace,
     plan: records.SplitPlan | sources.FilePlan,
@@ -90,14 +121,10 @@ def _dali_graph(
     fn, types, tfrec = dali.fn, dali.types, dali.tfrec
     gpu = device_id is not None
     decoder_device, op_device = ("mixed", "gpu") if gpu else ("cpu", "cpu")
-    size = config.image_size
-    pipe = dali.Pipeline(
-        batch_size=batch_size,
-        num_threads=config.num_threads,
-        device_id=device_id,
-        seed=seed,
-    )
-    with pipe:
+    size = config.image_size if training else config.eval_size
+    augmenting = training and config.auto_augment != "none"
+
+    def graph():
         reader_args = dict(
             shard_id=shard_id,
             num_shards=num_shards,
@@ -142,13 +169,19 @@ def _dali_graph(
                 **decoder_args,
             )
             images = fn.resize(images, device=op_device, resize_x=size, resize_y=size)
+            if augmenting:
+                images = _auto_augment(images, config)
             if config.random_flip:
                 normalize_args["mirror"] = fn.random.coin_flip(probability=0.5)
         else:
             images = fn.decoders.image(
                 jpegs, device=decoder_device, output_type=types.RGB, **decoder_args
             )
-            images = fn.resize(images, device=op_device, resize_shorter=eval_resize_size(size))
+            images = fn.resize(
+                images,
+                device=op_device,
+                resize_shorter=eval_resize_size(size, config.eval_crop_ratio),
+            )
             normalize_args["crop"] = (size, size)
         images = fn.crop_mirror_normalize(
             images,
@@ -162,8 +195,18 @@ def _dali_graph(
         labels = fn.cast(stored_labels, dtype=types.INT32) - 1
         if gpu and training:
             labels = labels.gpu()
-        pipe.set_outputs(images, labels)
-    return pipe
+        return images, labels
+
+    return dali.pipeline_def(
+        graph,
+        batch_size=batch_size,
+        num_threads=config.num_threads,
+        device_id=device_id,
+        seed=seed,
+        # The auto_aug policies pick their ops per sample with `if`s: DALI's conditionals,
+        # which only `pipeline_def` enables (the plain graph stays without them).
+        enable_conditionals=augmenting,
+    )()
 
 
 def build(
@@ -189,7 +232,7 @@ def build(
     )
     device = resolve_device(config.dali_device)
     device_id = (gpu_id or 0) if device == "gpu" else None  # None: DALI's CPU-only mode
-    size = config.image_size
+    size = config.image_size if training else config.eval_size
     pipe = _dali_graph(
         dali,
         plan,

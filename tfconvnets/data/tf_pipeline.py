@@ -1,8 +1,10 @@
 """The tf.data pipeline: the same records, split and preprocessing as the DALI one, in TF ops.
 
 Train: random resized crop (``sample_distorted_bounding_box`` + ``decode_and_crop_jpeg``, so
-only the crop is decoded) -> resize to S x S -> random horizontal flip -> normalize.
-Eval: decode -> resize the shorter side to S / EVAL_CROP_FRACTION -> center crop S -> normalize.
+only the crop is decoded) -> resize to S x S -> random horizontal flip -> --auto_augment
+(randaugment: Keras 3's ``RandAugment`` layer, per image, on 0..255 values) -> normalize.
+Eval (never augmented): decode -> resize the shorter side to E / --eval_crop_ratio -> center
+crop E (E: --eval_image_size, else S) -> normalize.
 Resizes are bilinear with antialiasing, as DALI's default linear resize is.
 
 Each rank reads the record range ``[N*i//n, N*(i+1)//n)`` of the split (the DALI reader's
@@ -21,19 +23,44 @@ they still fail.
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 from absl import logging
 
 from tfconvnets import constants
-from tfconvnets.data import DataConfig, Pipeline, eval_steps, records, sources, train_steps
+from tfconvnets.data import (
+    MAGNITUDE_BINS,
+    RAND_AUGMENT_OPS,
+    DataConfig,
+    Pipeline,
+    eval_steps,
+    records,
+    sources,
+    train_steps,
+)
 from tfconvnets.errors import UserError
 
 _READ_BUFFER_BYTES = 8 << 20
 
 
-def eval_resize_size(image_size: int) -> int:
-    """Shorter side before the eval center crop (256 for 224)."""
-    return int(round(image_size / constants.EVAL_CROP_FRACTION))
+def eval_resize_size(image_size: int, crop_ratio: float = constants.EVAL_CROP_FRACTION) -> int:
+    """Shorter side before the eval center crop (256 for 224 at 0.875)."""
+    return int(round(image_size / crop_ratio))
+
+
+def rand_augment(magnitude: int, seed: int) -> keras.layers.RandAugment:
+    """Keras 3's RandAugment: 2 ops per image, strength magnitude / 30 of each op's range.
+
+    Keras draws each op's strength uniformly up to `factor` of its own range (rotation: of a
+    full turn), where DALI/torchvision use the fixed bin m of 30: the same policy family, not
+    the same numbers (tests/test_augment.py measures how far apart the two are).
+    """
+    return keras.layers.RandAugment(
+        value_range=(0, 255),
+        num_ops=RAND_AUGMENT_OPS,
+        factor=magnitude / (MAGNITUDE_BINS - 1),
+        seed=seed,
+    )
 
 
 def _normalize(image: tf.Tensor, dtype: str) -> tf.Tensor:
@@ -98,6 +125,7 @@ def preprocess_train(
     crop_area_min: float,
     random_flip: bool,
     dtype: str,
+    augment: keras.Layer | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Encoded image and its 1-based label -> augmented [S, S, 3] image and 0-based label."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -105,13 +133,23 @@ def preprocess_train(
     image = tf.image.resize(image, [image_size, image_size], antialias=True)
     if random_flip:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if augment is not None:
+        image = tf.ensure_shape(image, [image_size, image_size, 3])
+        # On 0..255 values, as DALI's policies on uint8; rounded and clipped like them.
+        image = tf.clip_by_value(tf.round(augment(image)), 0.0, 255.0)
     return _normalize(image, dtype), label - 1
 
 
-def eval_transform(image: tf.Tensor, *, image_size: int, dtype: str) -> tf.Tensor:
-    """Decoded [H, W, 3] image -> shorter side S / EVAL_CROP_FRACTION, center crop, normalize."""
+def eval_transform(
+    image: tf.Tensor,
+    *,
+    image_size: int,
+    dtype: str,
+    crop_ratio: float = constants.EVAL_CROP_FRACTION,
+) -> tf.Tensor:
+    """Decoded [H, W, 3] image -> shorter side S / crop_ratio, center crop, normalize."""
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = eval_resize_size(image_size) / tf.reduce_min(shape)
+    scale = eval_resize_size(image_size, crop_ratio) / tf.reduce_min(shape)
     new_shape = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), image_size)
     image = tf.image.resize(image, new_shape, antialias=True)
     # Odd margins round the offset up, as DALI's crop (crop_pos 0.5, rounding "round") does.
@@ -123,20 +161,27 @@ def eval_transform(image: tf.Tensor, *, image_size: int, dtype: str) -> tf.Tenso
 
 
 def preprocess_eval(
-    encoded: tf.Tensor, label: tf.Tensor, *, image_size: int, dtype: str
+    encoded: tf.Tensor, label: tf.Tensor, *, image_size: int, dtype: str, crop_ratio: float
 ) -> tuple[tf.Tensor, tf.Tensor]:
     image = decode_image(encoded)
-    return eval_transform(image, image_size=image_size, dtype=dtype), label - 1
+    return eval_transform(image, image_size=image_size, dtype=dtype, crop_ratio=crop_ratio), (
+        label - 1
+    )
 
 
-def load_eval_image(path: str, image_size: int, dtype: str = "float32") -> tf.Tensor:
+def load_eval_image(
+    path: str,
+    image_size: int,
+    dtype: str = "float32",
+    crop_ratio: float = constants.EVAL_CROP_FRACTION,
+) -> tf.Tensor:
     """One image file (JPEG, PNG, BMP, GIF) preprocessed as for evaluation: [S, S, 3]."""
     try:
         encoded = tf.io.read_file(path)
         image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
         raise UserError(f"{path}: not a readable image ({e.message.splitlines()[0]})") from None
-    return eval_transform(image, image_size=image_size, dtype=dtype)
+    return eval_transform(image, image_size=image_size, dtype=dtype, crop_ratio=crop_ratio)
 
 
 def _read_records(
@@ -199,7 +244,7 @@ def build(
         config.data_dir, config.data_idx_dir, config.data_layout, split, shard_id, num_shards
     )
     rank_seed = records.rank_seed(seed, shard_id)
-    size = config.image_size
+    size = config.image_size if training else config.eval_size
 
     def finish(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return image, records.check_labels(label, config.num_classes, config.data_dir, split)
@@ -215,6 +260,9 @@ def build(
     if training:
         # One [2] seed per image for the stateless random ops.
         seeds = tf.data.Dataset.random(seed=rank_seed).batch(2)
+        augment = None
+        if config.auto_augment == "randaugment":
+            augment = rand_augment(config.auto_augment_magnitude, rank_seed)
         ds = tf.data.Dataset.zip((raw.repeat(), seeds)).map(
             lambda element, s: preprocess_train(
                 *_encoded_and_label(element),
@@ -223,6 +271,7 @@ def build(
                 crop_area_min=config.crop_area_min,
                 random_flip=config.random_flip,
                 dtype=config.dtype,
+                augment=augment,
             ),
             num_parallel_calls=config.num_threads,
             deterministic=False,
@@ -234,7 +283,10 @@ def build(
     else:
         ds = raw.map(
             lambda element: preprocess_eval(
-                *_encoded_and_label(element), image_size=size, dtype=config.dtype
+                *_encoded_and_label(element),
+                image_size=size,
+                dtype=config.dtype,
+                crop_ratio=config.eval_crop_ratio,
             ),
             num_parallel_calls=config.num_threads,
             deterministic=True,

@@ -1,0 +1,401 @@
+"""Recipes beyond NVIDIA's, part 2: automatic augmentation, test-time resolution, progressive
+resizing and the `fast` recipe.
+
+All in process: the 24-record JPEG set of tests/data_fixtures.py at 32 px for the pipelines
+(DALI on the CPU), the tiny ResNet of tests/test_trainer.py for the loop.
+"""
+
+from __future__ import annotations
+
+import logging as py_logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from model_configs import RECIPES, resolve_config
+from runtime.flags import define_flags, given_values
+from runtime.trainer import Trainer
+from tests.data_fixtures import UNIQUE_CLASSES, make_unique_dataset
+from tests.test_trainer import BATCH, CLASSES, SINGLE, STEPS_PER_EPOCH, small_config
+from tfconvnets import constants
+from tfconvnets.data import DataConfig, Pipeline, build_pipeline, size_at_epoch
+from tfconvnets.errors import UserError
+from tfconvnets.models import ResNetSpec, build_resnet
+
+# --- configuration -----------------------------------------------------------------------
+
+
+def test_the_new_flags_are_generated_and_parsed():
+    values = flags.FlagValues()
+    define_flags(values)
+    values(
+        [
+            "main.py", "--auto_augment=randaugment", "--auto_augment_magnitude=5",
+            "--eval_image_size=288", "--eval_crop_ratio=0.95",
+            "--image_size_schedule=160@0,192@0.5",
+        ]
+    )  # fmt: skip
+    given = given_values(values)
+    assert given["image_size_schedule"] == ((160, 0.0), (192, 0.5))
+    data = resolve_config({"mode": "training_benchmark", **given}).data
+    assert (data.auto_augment, data.auto_augment_magnitude) == ("randaugment", 5)
+    assert (data.eval_size, data.eval_crop_ratio) == (288, 0.95)
+    assert data.train_size(0, 10) == 160 and data.train_size(5, 10) == 192
+    plain = resolve_config(mode="training_benchmark").data  # all off by default
+    assert (plain.auto_augment, plain.image_size_schedule, plain.eval_size) == ("none", (), 224)
+    assert plain.eval_crop_ratio == constants.EVAL_CROP_FRACTION == 0.875
+    values = flags.FlagValues()
+    define_flags(values)
+    values(["main.py", "--image_size_schedule=160"])
+    with pytest.raises(UserError, match=r"^--image_size_schedule: '160' is not size@fraction"):
+        given_values(values)
+
+
+BAD = [
+    (
+        dict(auto_augment="augmix"),
+        "--auto_augment: 'augmix' is not one of none, autoaugment, randaugment, trivialaugment",
+    ),
+    (dict(auto_augment_magnitude=31), "--auto_augment_magnitude: must be in 0..30, got 31"),
+    (
+        dict(image_size_schedule=((192, 0.0), (160, 0.5))),
+        "--image_size_schedule: sizes must increase, got 192, 160",
+    ),
+    (
+        dict(image_size_schedule=((160, 0.0), (200, 0.5))),
+        "--image_size_schedule: sizes must be multiples of 32, got 200",
+    ),
+    (
+        dict(image_size_schedule=((160, 0.2), (192, 0.5))),
+        "--image_size_schedule: the first size must start at 0, not 0.2",
+    ),
+    (
+        dict(image_size_schedule=((160, 0.0), (192, 0.5), (224, 0.5))),
+        "--image_size_schedule: fractions must increase",
+    ),
+    (dict(eval_image_size=16), "--eval_image_size: must be 0 (--image_size) or at least 32"),
+    (dict(eval_crop_ratio=1.5), "--eval_crop_ratio: must be in (0, 1]"),
+]
+
+
+@pytest.mark.parametrize("values, message", BAD, ids=[m.split(":")[0] + str(v) for v, m in BAD])
+def test_bad_values_get_one_line_naming_the_flag(values, message):
+    with pytest.raises(UserError) as raised:
+        resolve_config({"mode": "training_benchmark", **values})
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("policy", ["autoaugment", "trivialaugment"])
+def test_tf_data_refuses_the_policies_it_does_not_have(policy, tmp_path):
+    with pytest.raises(UserError) as raised:
+        resolve_config(
+            mode="training_benchmark", data_backend="tf", data_dir=str(tmp_path),
+            auto_augment=policy,
+        )  # fmt: skip
+    message = str(raised.value)
+    assert message == (
+        f"--auto_augment: {policy} is not available with --data_backend=tf (only none, "
+        "randaugment); use --data_backend=dali"
+    )
+
+
+# --- the `fast` recipe ---------------------------------------------------------------------
+
+
+def test_the_fast_recipe_and_flags_over_it():
+    config = resolve_config(recipe="fast", mode="training_benchmark")
+    data, opt, loop = config.data, config.optimization, config.loop
+    assert config.recipe == "fast" and "fast" in RECIPES
+    assert data.image_size_schedule == ((160, 0.0), (192, 0.75))
+    assert [data.train_size(e, 40) for e in (0, 29, 30, 39)] == [160, 160, 192, 192]
+    assert (data.eval_size, data.eval_crop_ratio) == (256, 0.875)
+    assert (loop.num_iter, loop.iter_unit, loop.batch_size) == (40, "epoch", 256)
+    assert (opt.ema_decay, opt.label_smoothing, opt.lr_warmup_epochs) == (0.9998, 0.1, 2)
+    assert (opt.lr_init, opt.momentum, opt.cosine_lr) == (0.256, 0.875, True)
+    assert opt.weight_decay == 3.0517578125e-05  # on kernels only: no BN/bias decay
+    assert (data.auto_augment, opt.cutmix, opt.mixup) == ("none", 0.0, 0.0)
+    # Flags override the recipe, one value at a time.
+    changed = resolve_config(
+        recipe="fast", mode="training_benchmark", num_iter=16, eval_image_size=224,
+        image_size_schedule=((128, 0.0), (160, 0.5)), ema_decay=0.0,
+    )  # fmt: skip
+    assert changed.loop.num_iter == 16 and changed.data.eval_size == 224
+    assert changed.data.image_size_schedule == ((128, 0.0), (160, 0.5))
+    assert changed.optimization.ema_decay == 0.0 and changed.optimization.label_smoothing == 0.1
+    # The 101-layer archs get the same recipe with NVIDIA's weight decay for them.
+    resnext = resolve_config(recipe="fast", arch="resnext101-32x4d", mode="training_benchmark")
+    assert resnext.optimization.weight_decay == 6.103515625e-05
+    assert resnext.data.image_size_schedule == data.image_size_schedule
+
+
+def test_an_unknown_recipe_is_one_line_listing_the_valid_ones():
+    with pytest.raises(UserError) as raised:
+        resolve_config(recipe="ffcv", mode="training_benchmark")
+    assert str(raised.value) == "--recipe: 'ffcv' is not one of nvidia-90, nvidia-250, fast"
+
+
+# --- automatic augmentation in the pipelines -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory) -> str:
+    return make_unique_dataset(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+MEAN, STD = np.array(constants.IMAGENET_MEAN_RGB), np.array(constants.IMAGENET_STD_RGB)
+
+
+def batches(data_dir: str, backend: str, policy: str, *, training=True, n=3, **more):
+    """n batches of 8 as 0..255 pixels, and their labels. No crop or flip randomness beyond the
+    seeded one: crop area 1 and no flips, one thread, seed 3, so runs compare image by image."""
+    config = DataConfig(
+        backend=backend, data_dir=data_dir, image_size=32, num_classes=UNIQUE_CLASSES,
+        num_threads=1, dali_device="cpu", auto_augment=policy, crop_area_min=1.0,
+        random_flip=False, **more,
+    )  # fmt: skip
+    split = "train" if training else "validation"
+    pipeline = build_pipeline(config, split=split, batch_size=8, training=training, seed=3)
+    out = list(pipeline.dataset.take(n))
+    images = np.concatenate([x.numpy() for x, _ in out]) * STD + MEAN
+    return images, np.concatenate([y.numpy() for _, y in out])
+
+
+def mean_abs_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per image: the mean absolute pixel difference, in 0..255 units."""
+    return np.abs(a - b).mean(axis=(1, 2, 3))
+
+
+@pytest.fixture(scope="module")
+def rand_augmented(jpegs):
+    """Per backend: the plain training images, again, and with randaugment at magnitude 9."""
+    out = {}
+    for backend in ("tf", "dali"):
+        plain, labels = batches(jpegs, backend, "none")
+        again, labels_again = batches(jpegs, backend, "none")
+        augmented, augmented_labels = batches(jpegs, backend, "randaugment")
+        out[backend] = (plain, labels, again, labels_again, augmented, augmented_labels)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["tf", "dali"])
+def test_randaugment_changes_the_training_images_and_nothing_else(rand_augmented, backend):
+    plain, labels, again, labels_again, augmented, augmented_labels = rand_augmented[backend]
+    # Off: the same seed gives the same images, so any change below is the policy's.
+    np.testing.assert_array_equal(plain, again)
+    np.testing.assert_array_equal(labels, labels_again)
+    np.testing.assert_array_equal(labels, augmented_labels)  # same records, same labels
+    change = mean_abs_change(augmented, plain)
+    assert (change > 0.5).mean() >= 0.9, change  # (nearly) every image is changed
+    # Valid pixels: within 0..255 and whole numbers (uint8 in DALI; rounded in tf.data).
+    assert augmented.min() > -1e-3 and augmented.max() < 255 + 1e-3
+    assert np.abs(augmented - np.round(augmented)).max() < 1e-3
+    assert np.isfinite(augmented).all()
+
+
+def test_both_backends_apply_randaugment_of_the_same_strength(rand_augmented):
+    """The mean absolute pixel change randaugment m=9 makes, per backend, is of one order.
+
+    The two are one policy family, not one implementation: DALI uses torchvision's 14 ops at
+    the fixed bin 9 of 30 (identity among them), Keras 3 its own 11 ops (no identity), each
+    op's strength drawn uniformly up to 9/30 of its range (rotation as a fraction of a turn,
+    posterize to 8 x 0.3 bits). Measured on these 24 images: DALI 38.6, Keras 58.7 (0..255).
+    So the test asks for the same order: both in [15, 120] and within a factor 3 of each
+    other. Breaking the wiring (no policy: 0, magnitude 30 where 9 is asked, or the DALI
+    policy before the resize) moves a backend far out of that, or to 0.
+    """
+    changes = {b: float(mean_abs_change(r[4], r[0]).mean()) for b, r in rand_augmented.items()}
+    assert all(15 < c < 120 for c in changes.values()), changes
+    ratio = changes["tf"] / changes["dali"]
+    assert 1 / 3 < ratio < 3, changes
+
+
+@pytest.mark.parametrize("policy", ["autoaugment", "trivialaugment"])
+def test_dali_autoaugment_and_trivialaugment_change_the_images(rand_augmented, jpegs, policy):
+    plain, labels = rand_augmented["dali"][:2]
+    augmented, augmented_labels = batches(jpegs, "dali", policy)
+    np.testing.assert_array_equal(labels, augmented_labels)
+    change = mean_abs_change(augmented, plain)
+    # Both policies may pick identity-like ops for an image; most images change.
+    assert (change > 0.5).mean() >= 0.5, change
+    assert augmented.min() > -1e-3 and augmented.max() < 255 + 1e-3
+
+
+# --- test-time resolution ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["tf", "dali"])
+def test_eval_batches_come_at_the_eval_size_and_are_never_augmented(jpegs, backend):
+    sized = dict(training=False, n=1, eval_image_size=64)
+    plain, labels = batches(jpegs, backend, "none", **sized)
+    policy = "randaugment" if backend == "tf" else "trivialaugment"
+    augmented, augmented_labels = batches(jpegs, backend, policy, **sized)
+    assert plain.shape == (8, 64, 64, 3)
+    np.testing.assert_array_equal(plain, augmented)
+    np.testing.assert_array_equal(labels, augmented_labels)
+    train, _ = batches(jpegs, backend, "none", n=1, eval_image_size=64)
+    assert train.shape == (8, 32, 32, 3)  # training stays at --image_size
+
+
+def test_the_eval_crop_ratio_sets_the_resize_before_the_crop(jpegs):
+    """A ratio of 1 crops the resized image's center square: the 48x40 images keep more of
+    their width than at 0.875, so the two differ; both are 32 x 32."""
+    tight, _ = batches(jpegs, "tf", "none", training=False, n=1)
+    whole, _ = batches(jpegs, "tf", "none", training=False, n=1, eval_crop_ratio=1.0)
+    assert tight.shape == whole.shape == (8, 32, 32, 3)
+    assert mean_abs_change(tight, whole).min() > 1
+
+
+def test_synthetic_eval_batches_come_at_the_eval_size():
+    config = DataConfig(backend="synthetic", image_size=32, eval_image_size=64, num_classes=4)
+    eval_data = build_pipeline(config, split="validation", batch_size=2, training=False)
+    train_data = build_pipeline(config, split="train", batch_size=2, training=True)
+    assert next(iter(eval_data.dataset))[0].shape == (2, 64, 64, 3)
+    assert next(iter(train_data.dataset))[0].shape == (2, 32, 32, 3)
+
+
+def test_the_model_takes_any_size_only_when_it_needs_to(monkeypatch):
+    import runtime.factory
+
+    shapes = []
+    monkeypatch.setattr(
+        runtime.factory, "create_model", lambda *a, **k: shapes.append(k["input_shape"])
+    )
+    for values in ({}, {"eval_image_size": 256}, {"image_size_schedule": ((160, 0.0),)}):
+        runtime.factory.build_model(resolve_config(mode="training_benchmark", **values))
+    assert shapes == [(224, 224, 3), (None, None, 3), (None, None, 3)]
+
+
+# --- the loop at several sizes ---------------------------------------------------------------
+
+
+def any_size_model(config):
+    """tests/test_trainer.py's tiny ResNet, with an input of any size."""
+    spec = ResNetSpec(
+        depths=(1, 1, 1, 1), widths=(4, 8, 8, 8), out_channels=(8, 16, 16, 16), stem_channels=8
+    )
+    return build_resnet(spec, CLASSES, input_shape=(None, None, 3), seed=config.loop.seed)
+
+
+def sized_pipeline(size: int, training: bool) -> Pipeline:
+    """STEPS_PER_EPOCH batches of `size` px per epoch (eval: one pass)."""
+    rng = np.random.default_rng(size)
+    n = BATCH * STEPS_PER_EPOCH
+    images = rng.normal(size=(n, size, size, 3)).astype(np.float32)
+    labels = (np.arange(n) % CLASSES).astype(np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH, drop_remainder=True)
+    return Pipeline(ds.repeat() if training else ds, n, n, STEPS_PER_EPOCH)
+
+
+def resizing_trainer(config, requested: list[int], *, eval_size: int | None = None) -> Trainer:
+    from runtime.reporting import Reporter
+
+    def pipeline_for(size: int) -> Pipeline:
+        requested.append(size)
+        return sized_pipeline(size, True)
+
+    reporter = Reporter(enabled=True, log_path=None, tensorboard_dir=None, progress=False)
+    first = config.data.first_train_size
+    eval_data = sized_pipeline(eval_size, False) if eval_size else None
+    return Trainer(
+        config, SINGLE, any_size_model(config), sized_pipeline(first, True), reporter,
+        eval_data, pipeline_for=pipeline_for,
+    )  # fmt: skip
+
+
+def test_size_at_epoch_starts_each_size_at_its_fraction_of_the_epochs():
+    schedule = ((160, 0.0), (192, 0.5), (224, 0.9))
+    sizes = [size_at_epoch(schedule, e, 10, 999) for e in range(10)]
+    assert sizes == [160] * 5 + [192] * 4 + [224]
+    assert size_at_epoch((), 3, 10, 224) == 224  # no schedule: --image_size
+
+
+def test_progressive_resizing_rebuilds_the_pipeline_at_epoch_ends_and_retraces_once(
+    tmp_path, caplog
+):
+    """Sizes 32 then 64 from half of 2 epochs (3 steps each): one new pipeline, at the start of
+    epoch 2, and one trace of the train step per size, not per step. The eval runs at 48."""
+    config = small_config(
+        tmp_path, num_iter=2, image_size_schedule=((32, 0.0), (64, 0.5)), eval_image_size=48,
+        eval_every=2,
+    )  # fmt: skip
+    requested: list[int] = []
+    trainer = resizing_trainer(config, requested, eval_size=48)
+    with caplog.at_level(py_logging.INFO):
+        results = trainer.train()
+    assert results["step"] == 2 * STEPS_PER_EPOCH
+    assert requested == [64]
+    assert "image size 32 from epoch 1 (the train step compiles once per size)" in caplog.text
+    assert "image size 64 from epoch 2 (the train step compiles once per size)" in caplog.text
+    assert trainer.train_step._step.experimental_get_tracing_count() == 2
+    assert results["top1_accuracy"] >= 0  # evaluated at 48 px, a size it never trained at
+    assert [trainer.train_size(s) for s in range(6)] == [32] * 3 + [64] * 3
+
+
+def test_a_resumed_run_continues_at_the_size_of_its_epoch(tmp_path, caplog, monkeypatch):
+    """4 epochs of 3 steps at 32@0,64@0.5: 32 in epochs 1-2, 64 in 3-4. Resumed in the middle
+    of epoch 3 (step 7, as after a preemption; the restore is stubbed), the loop goes on at 64,
+    not at the size of epoch 1 it was built with."""
+    config = small_config(
+        tmp_path, num_iter=4, run_iter=1, image_size_schedule=((32, 0.0), (64, 0.5))
+    )
+    requested: list[int] = []
+    trainer = resizing_trainer(config, requested)
+    monkeypatch.setattr(trainer.checkpoints, "restore", lambda *a, **k: 7)
+    assert [trainer.train_size(s) for s in (0, 5, 6, 7, 11)] == [32, 32, 64, 64, 64]
+    with caplog.at_level(py_logging.INFO):
+        assert trainer.train()["step"] == 10  # --run_iter=1: one epoch's worth of steps
+    assert "resumed at step 7" in caplog.text
+    assert requested == [64]  # the epoch-1 pipeline it was given is never read
+    assert "image size 64 from epoch 3" in caplog.text
+    assert trainer.train_step._step.experimental_get_tracing_count() == 1
+
+
+# --- the export after training -------------------------------------------------------------
+
+
+def test_the_export_after_training_gets_the_ema_weights_at_the_eval_size(tmp_path, monkeypatch):
+    """`--mode=train` through `runtime.modes.train`, in process, on the tiny model: the export
+    runs with the averaged weights swapped in, at --eval_image_size, and the trained weights are
+    back afterwards. (The artifact writer is recorded, not run: what it would write is the
+    model's weights at the call, and export_artifacts' own tests cover the writing.)"""
+    import runtime.modes
+    import tfconvnets.deploy.artifacts
+    from runtime.process import Context
+    from runtime.reporting import Reporter
+
+    config = small_config(
+        tmp_path, mode="train", ema_decay=0.5, num_iter=2, iter_unit="batch",
+        eval_image_size=64, export_dir=str(tmp_path / "export"),
+    )  # fmt: skip
+    trainers, exported = [], []
+
+    class RecordedTrainer(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+
+    monkeypatch.setattr(runtime.modes, "Trainer", RecordedTrainer)
+    monkeypatch.setattr(runtime.modes, "build_model", any_size_model)
+
+    def record(model, export_dir, formats, *, image_size, **_):
+        exported.append(([v.numpy().copy() for v in model.trainable_variables], image_size))
+        return {}
+
+    monkeypatch.setattr(tfconvnets.deploy.artifacts, "export_artifacts", record)
+    reporter = Reporter(enabled=True, log_path=None, tensorboard_dir=None, progress=False)
+    results = runtime.modes.train(Context(config, SINGLE, reporter))
+    assert results[0]["step"] == 2 and results[0]["export_dir"] == config.run.export_dir
+    ((weights, image_size),) = exported
+    assert image_size == 64
+    (trainer,) = trainers
+    for w, a in zip(weights, trainer.ema.averages, strict=True):
+        np.testing.assert_array_equal(w, a.numpy())
+    live = [v.numpy() for v in trainer.model.trainable_variables]  # the trained ones, back
+    assert any(not np.array_equal(w, v) for w, v in zip(weights, live, strict=True))
