@@ -91,11 +91,14 @@ def test_jax_backend_computes_the_same_logits_as_tensorflow(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("backend", "precisions"), [("jax", "fp32,fp16,bf16"), ("tensorflow", "fp32,fp16,bf16")]
-)
+@pytest.mark.parametrize(("backend", "precisions"), [("jax", "fp32,fp16"), ("tensorflow", "bf16")])
 def test_gpu_throughput_script_trains_on_the_cpu(backend, precisions, tmp_path):
-    """benchmarks/gpu_throughput.py --smoke: every row trained (finite loss, below chance)."""
+    """benchmarks/gpu_throughput.py --smoke: every row trained (finite loss, below chance).
+
+    Each row compiles ResNet-50 (XLA on a CPU: minutes), so each backend's distinct paths run
+    once: JAX's own step in fp32 and in fp16 with its static loss scale (bf16 is that path
+    without the scale); TensorFlow's is the product's step, whose precisions the runtime
+    tests train through main.py."""
     output = tmp_path / "gpu_throughput.json"
     proc = run(
         [str(jax_python() if backend == "jax" else sys.executable), "benchmarks/gpu_throughput.py",
