@@ -10,6 +10,19 @@ import pytest
 from tests.launch import run
 
 
+@pytest.fixture(autouse=True)
+def absl_logger_level_is_restored():
+    """A command-line entry called in process may set absl's level (tfconvnets.convert quiets
+    TensorFlow to WARNING): later tests must not inherit it, or the INFO lines they capture
+    vanish. The raw level is restored: absl's starts unset, following the root logger."""
+    from absl import logging
+
+    absl_logger = logging.get_absl_logger()
+    level = absl_logger.level
+    yield
+    absl_logger.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def digits_tfrecords(tmp_path_factory) -> str:
     """The embedded digits as JPEGs, converted by `python -m tfconvnets.dataprep` (2+2 shards)."""
