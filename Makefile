@@ -21,10 +21,13 @@ format: setup
 
 # tests/test_cluster.py starts a single-node Slurm: its Debian packages come first (root).
 # tests/test_jax_backend.py runs the models on Keras's JAX backend in .venv-jax (no TF).
+# Two pytest-xdist workers keep both cores busy while a test waits on process start-up
+# (PYTEST_WORKERS=0 runs in one process).
+PYTEST_WORKERS ?= 2
 test: lint
 	@bash scripts/install_slurm.sh
 	@bash scripts/setup_jax_env.sh
-	$(PYTHON) -m pytest --durations=25 $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 # The GPU flavour (tensorflow[and-cuda], Horovod with NCCL + MPI + Gloo) built into its own
 # venv and checked; needs no GPU (docs/gpu_stack.md).

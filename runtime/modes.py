@@ -89,9 +89,11 @@ def pipeline(
     training: bool,
     batch_size: int | None = None,
     image_size: int | None = None,
+    epoch: int = 0,
 ) -> Pipeline:
-    """The rank's pipeline of `split`; training at `image_size` if given (a size of
-    --image_size_schedule), else at --image_size (evaluation: --eval_image_size)."""
+    """The rank's pipeline of `split`; training: the stream of 0-based `epoch`, at
+    `image_size` if given (a size of --image_size_schedule), else at --image_size
+    (evaluation: --eval_image_size)."""
     data = ctx.config.data
     return build_pipeline(
         data if image_size is None else data.replace(image_size=image_size),
@@ -102,6 +104,7 @@ def pipeline(
         num_shards=ctx.dist.size,
         seed=ctx.config.loop.seed,
         gpu_id=ctx.config.compute.gpu_id,
+        epoch=epoch,
     )
 
 
@@ -146,14 +149,14 @@ def _export(ctx: Context, model: keras.Model) -> str | None:
 # --- modes --------------------------------------------------------------------------------
 
 
-def train_pipelines(ctx: Context) -> tuple[Pipeline, Callable[[int], Pipeline]]:
-    """The training pipeline of the first epoch, and the maker of one per image size (for
-    --image_size_schedule)."""
+def train_pipelines(ctx: Context) -> tuple[Pipeline, Callable[[int, int], Pipeline]]:
+    """The training pipeline of the first epoch, and the maker of the one of each (image size,
+    0-based epoch) (exact resume, --image_size_schedule)."""
 
-    def pipeline_for(size: int) -> Pipeline:
-        return pipeline(ctx, "train", training=True, image_size=size)
+    def pipeline_for(size: int, epoch: int) -> Pipeline:
+        return pipeline(ctx, "train", training=True, image_size=size, epoch=epoch)
 
-    return pipeline_for(ctx.config.data.first_train_size), pipeline_for
+    return pipeline_for(ctx.config.data.first_train_size, 0), pipeline_for
 
 
 def train(ctx: Context) -> Results:

@@ -7,7 +7,7 @@ What the loop trains with is built by `runtime.factory`; the checkpoint protocol
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import keras
 import tensorflow as tf
@@ -35,14 +35,16 @@ class Trainer:
         train_data: Pipeline,
         reporter: Reporter,
         eval_data: Pipeline | None = None,
-        pipeline_for: Callable[[int], Pipeline] | None = None,
+        pipeline_for: Callable[[int, int], Pipeline] | None = None,
     ) -> None:
-        """`train_data`: the pipeline of the first epoch's size; `pipeline_for(size)` makes the
-        others of --image_size_schedule (needed only with one)."""
+        """`train_data`: the pipeline of epoch 0 at the first size. `pipeline_for(size, epoch)`
+        makes each epoch's (0-based), which resumes exactly; without it (in-memory pipelines)
+        `train_data` is one stream for the whole run, and a size schedule is refused."""
         self.config, self.dist, self.model, self.reporter = config, dist, model, reporter
         self.train_data, self.eval_data = train_data, eval_data
         self._pipeline_for = pipeline_for
-        self._train_data_size = config.data.first_train_size  # the size train_data was made at
+        self._train_data_key = (config.data.first_train_size, 0)  # (size, epoch) of train_data
+        self._logged_size = 0
         parts = build_training(config, dist, model, train_data.steps_per_epoch)
         self.schedule, self.optimizer = parts.schedule, parts.optimizer
         self.lr_schedule, self.train_step = parts.lr_schedule, parts.train_step
@@ -103,41 +105,59 @@ class Trainer:
         spe = self.schedule.steps_per_epoch
         return self.config.data.train_size(step // spe, self.schedule.total_steps / spe)
 
-    def _train_batches(self, size: int, step: int):
-        """An iterator over the training batches at `size` (a new pipeline for a new size)."""
-        if size != self._train_data_size:
-            if self._pipeline_for is None:
-                raise ValueError("--image_size_schedule needs the Trainer's pipeline_for")
-            self.train_data, self._train_data_size = self._pipeline_for(size), size
-        if self.config.data.image_size_schedule and self.dist.is_chief:
+    def _epoch_batches(self, step: int) -> Iterator:
+        """The training batches from update `step` + 1 to the end of its epoch.
+
+        Each epoch's stream is a pure function of (seed, rank, epoch, size), so a resumed run
+        rebuilds its epoch and skips the batches the interrupted run had consumed: it trains on
+        the same data in the same order (decoding up to one epoch's batches to get there).
+        """
+        spe, k = self.schedule.steps_per_epoch, self.train_step.accumulation_steps
+        epoch, steps_done = divmod(step, spe)
+        size = self.train_size(step)
+        if self._pipeline_for is not None and (size, epoch) != self._train_data_key:
+            self.train_data = self._pipeline_for(size, epoch)
+            self._train_data_key = (size, epoch)
+        elif self._pipeline_for is None and size != self._train_data_key[0]:
+            raise ValueError("--image_size_schedule needs the Trainer's pipeline_for")
+        chief = self.dist.is_chief
+        if self.config.data.image_size_schedule and size != self._logged_size and chief:
             logging.info(
                 "image size %d from epoch %d (the train step compiles once per size)",
-                size, step // self.schedule.steps_per_epoch + 1,
+                size, epoch + 1,
             )  # fmt: skip
+        self._logged_size = size
         dataset = self.train_data.dataset
         if self.config.compute.uses_gpu and not self.train_data.on_gpu:
             # Host batches (tf.data, synthetic, DALI on the CPU) are copied to the GPU ahead of
             # the step, not from pageable memory inside it.
             dataset = dataset.apply(tf.data.experimental.prefetch_to_device("/gpu:0", 2))
-        return iter(dataset)
+        batches = iter(dataset)
+        if steps_done and self._pipeline_for is not None:
+            if chief:
+                logging.info(
+                    "exact resume: skipping the %d batch(es) of epoch %d already trained on",
+                    steps_done * k, epoch + 1,
+                )  # fmt: skip
+            for _ in range(steps_done * k):
+                next(batches)
+        return batches
 
     def _run_steps(self, step: int, end: int, clock: ThroughputClock) -> int:
         """Steps until `end`, with the periodic work at display, checkpoint and epoch steps."""
         preemption = PreemptionSignal()
-        resizing = bool(self.config.data.image_size_schedule)
-        size = self.train_size(step)
-        data = self._train_batches(size, step)
+        data = None
         if clock.at_warmup_end(step):
             clock.start(step)
         losses = None
         micro_indices = [
             tf.constant(i, tf.int64) for i in range(self.train_step.accumulation_steps - 1)
         ]
+        spe = self.schedule.steps_per_epoch
         try:
             while step < end:
-                at_epoch_start = step % self.schedule.steps_per_epoch == 0
-                if resizing and at_epoch_start and (new := self.train_size(step)) != size:
-                    size, data = new, self._train_batches(new, step)
+                if data is None or (self._pipeline_for and step % spe == 0):
+                    data = self._epoch_batches(step)
                 step_tensor = tf.constant(step, tf.int64)
                 for index in micro_indices:  # --accumulation_steps > 1 only
                     images, labels = next(data)

@@ -2,7 +2,8 @@
 # The main job on the embedded demo data (`make demo`): 1,797 handwritten digits
 # -> JPEG folder -> TFRecords (tfconvnets.dataprep) -> 2-process Horovod training through
 # the DALI CPU pipeline -> evaluation -> SavedModel export -> predictions -> a plot.
-# The same code path as a DGX run, only smaller. Tunables: DEMO_DIR, DEMO_EPOCHS, DEMO_NP.
+# The same code path as a DGX run, only smaller. Tunables: DEMO_DIR, DEMO_EPOCHS, DEMO_NP, and
+# DEMO_FLAGS (more training flags, e.g. DEMO_FLAGS="--ema_decay=0.99").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -29,7 +30,8 @@ echo "==> [demo] 3/5 training resnet50: horovodrun -np $NP, DALI on the CPU, eva
   --model_dir="$OUT/model" --export_dir="$OUT/export" \
   --image_size=32 --num_classes=10 --batch_size=$((32 / NP)) \
   --num_iter="$EPOCHS" --iter_unit=epoch --lr_warmup_epochs=1 --weight_decay=5e-5 \
-  --crop_area_min=0.5 --norandom_flip --zero_init_last_bn --display_every=15 --num_threads=1
+  --crop_area_min=0.5 --norandom_flip --zero_init_last_bn --display_every=15 --num_threads=1 \
+  ${DEMO_FLAGS:-}
 
 echo "==> [demo] 4/5 predicting a few held-out digits with --mode=predict"
 mkdir -p "$OUT/to_predict"

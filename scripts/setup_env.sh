@@ -21,7 +21,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${VENV:-$ROOT/.venv}"
+# Absolute: the Horovod build runs CMake in its own directory with $VENV/bin on PATH.
+VENV="$(realpath -m "${VENV:-$ROOT/.venv}")"
 PYTHON="${PYTHON:-python3}"
 HOROVOD_VERSION=0.28.1
 # Bump when the way Horovod is patched or built changes: it is part of the cache key.

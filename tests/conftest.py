@@ -10,6 +10,25 @@ import pytest
 from tests.launch import run
 
 
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs two pytest-xdist workers with `--dist loadgroup`: the tests that share
+    an expensive fixture are put on one worker, so that it is made once. The demo's users form
+    one group; the tests of a module with module-scoped fixtures (an export, a Slurm cluster,
+    converted data sets) stay together; every other test goes where a worker is free."""
+    for item in items:
+        if "demo_run" in item.fixturenames:
+            group = "demo_run"
+        elif any(
+            d.scope == "module"
+            for defs in item._fixtureinfo.name2fixturedefs.values()
+            for d in defs
+        ):
+            group = item.module.__name__
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True)
 def absl_logger_level_is_restored():
     """A command-line entry called in process may set absl's level (tfconvnets.convert quiets
@@ -37,6 +56,30 @@ def digits_tfrecords(tmp_path_factory) -> str:
             f"--output_dir={out}", "--num_shards_train=2", "--num_shards_val=2", "--workers=2",
         ]
     )  # fmt: skip
+    return str(out)
+
+
+# The small digits set: this many train and validation images of each digit.
+SMALL_DIGITS_PER_CLASS = {"train": 8, "validation": 4}
+
+
+@pytest.fixture(scope="session")
+def small_digits_tfrecords(tmp_path_factory) -> str:
+    """80 train and 40 validation digits (the first of each class), 2+2 shards by dataprep:
+    real records for short runs through main.py (10 steps of 4 per epoch on 2 ranks)."""
+    from tfconvnets.dataprep import convert_dataset
+    from tfconvnets.demo_data import write_digits_folder
+
+    root = tmp_path_factory.mktemp("small_digits")
+    write_digits_folder(str(root / "jpeg"))
+    for split, keep in SMALL_DIGITS_PER_CLASS.items():
+        for folder in (root / "jpeg" / split).iterdir():
+            for extra in sorted(folder.iterdir())[keep:]:
+                extra.unlink()
+    out = root / "tfrecords"
+    convert_dataset(
+        str(root / "jpeg"), str(out), num_shards_train=2, num_shards_val=2, progress=False
+    )
     return str(out)
 
 

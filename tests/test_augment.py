@@ -293,11 +293,13 @@ def sized_pipeline(size: int, training: bool) -> Pipeline:
     return Pipeline(ds.repeat() if training else ds, n, n, STEPS_PER_EPOCH)
 
 
-def resizing_trainer(config, requested: list[int], *, eval_size: int | None = None) -> Trainer:
+def resizing_trainer(
+    config, requested: list[tuple[int, int]], *, eval_size: int | None = None
+) -> Trainer:
     from runtime.reporting import Reporter
 
-    def pipeline_for(size: int) -> Pipeline:
-        requested.append(size)
+    def pipeline_for(size: int, epoch: int) -> Pipeline:
+        requested.append((size, epoch))
         return sized_pipeline(size, True)
 
     reporter = Reporter(enabled=True, log_path=None, tensorboard_dir=None, progress=False)
@@ -319,18 +321,18 @@ def test_size_at_epoch_starts_each_size_at_its_fraction_of_the_epochs():
 def test_progressive_resizing_rebuilds_the_pipeline_at_epoch_ends_and_retraces_once(
     tmp_path, caplog
 ):
-    """Sizes 32 then 64 from half of 2 epochs (3 steps each): one new pipeline, at the start of
-    epoch 2, and one trace of the train step per size, not per step. The eval runs at 48."""
+    """Sizes 32 then 64 from half of 2 epochs (3 steps each): the pipeline of epoch 2 is made at
+    64, and the train step traces once per size, not per step. The eval runs at 48."""
     config = small_config(
         tmp_path, num_iter=2, image_size_schedule=((32, 0.0), (64, 0.5)), eval_image_size=48,
         eval_every=2,
     )  # fmt: skip
-    requested: list[int] = []
+    requested: list[tuple[int, int]] = []
     trainer = resizing_trainer(config, requested, eval_size=48)
     with caplog.at_level(py_logging.INFO):
         results = trainer.train()
     assert results["step"] == 2 * STEPS_PER_EPOCH
-    assert requested == [64]
+    assert requested == [(64, 1)]  # (size, 0-based epoch); epoch 0's was given
     assert "image size 32 from epoch 1 (the train step compiles once per size)" in caplog.text
     assert "image size 64 from epoch 2 (the train step compiles once per size)" in caplog.text
     assert trainer.train_step._step.experimental_get_tracing_count() == 2
@@ -345,14 +347,16 @@ def test_a_resumed_run_continues_at_the_size_of_its_epoch(tmp_path, caplog, monk
     config = small_config(
         tmp_path, num_iter=4, run_iter=1, image_size_schedule=((32, 0.0), (64, 0.5))
     )
-    requested: list[int] = []
+    requested: list[tuple[int, int]] = []
     trainer = resizing_trainer(config, requested)
     monkeypatch.setattr(trainer.checkpoints, "restore", lambda *a, **k: 7)
     assert [trainer.train_size(s) for s in (0, 5, 6, 7, 11)] == [32, 32, 64, 64, 64]
     with caplog.at_level(py_logging.INFO):
         assert trainer.train()["step"] == 10  # --run_iter=1: one epoch's worth of steps
     assert "resumed at step 7" in caplog.text
-    assert requested == [64]  # the epoch-1 pipeline it was given is never read
+    # The epoch-1 pipeline it was given is never read; epoch 3's skips its 1 trained batch.
+    assert requested == [(64, 2), (64, 3)]
+    assert "exact resume: skipping the 1 batch(es) of epoch 3 already trained on" in caplog.text
     assert "image size 64 from epoch 3" in caplog.text
     assert trainer.train_step._step.experimental_get_tracing_count() == 1
 

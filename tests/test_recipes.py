@@ -7,6 +7,7 @@ that accumulating k batches on one rank is the same update as k ranks.
 from __future__ import annotations
 
 import logging as py_logging
+import sys
 
 import keras
 import numpy as np
@@ -18,6 +19,7 @@ from model_configs import resolve_config
 from runtime.checkpointing import CheckpointManager
 from runtime.factory import build_training
 from runtime.flags import define_flags, given_values
+from tests.launch import run
 from tests.test_trainer import (
     BATCH,
     CLASSES,
@@ -30,6 +32,7 @@ from tests.test_trainer import (
 )
 from tests.workers import hvd_accumulation as acc
 from tfconvnets import checkpoints
+from tfconvnets.dllogger import read_log
 from tfconvnets.errors import UserError
 from tfconvnets.training import cutmix, mix_batch
 
@@ -384,3 +387,57 @@ def test_accumulating_2_batches_on_one_rank_is_the_update_of_2_ranks(tmp_path):
     assert max_difference(finals[0], accumulated) < 1e-6
     half, _ = run_updates(start(), 4, 1)
     assert max_difference(finals[0], half) > 1e-2
+
+
+# --- every feature through main.py on the digits -------------------------------------------
+
+FEATURES = [
+    "--ema_decay=0.9", "--cutmix=1.0", "--mixup=0.2", "--accumulation_steps=2",
+    "--image_size_schedule=32@0,64@0.5", "--eval_image_size=64",
+]  # fmt: skip
+PIPELINE_NAMES = {"dali": "DALI", "tf": "tf.data"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend,policy", [("dali", "trivialaugment"), ("tf", "randaugment")])
+def test_every_recipe_feature_trains_the_digits_through_main_py(
+    small_digits_tfrecords, tmp_path, backend, policy
+):
+    """EMA, an auto-augment policy, CutMix with mixup, gradient accumulation, progressive
+    resizing and a larger eval size, all at once, on real digit records (80 train, 40
+    validation): 2 epochs of 5 updates of 2 x 8 images, at 32 then 64 px, evaluated at 64."""
+    model_dir, export_dir = tmp_path / "model", tmp_path / "export"
+    proc = run(
+        [
+            sys.executable, "main.py", "--mode=train_and_evaluate", "--arch=resnet50",
+            f"--data_dir={small_digits_tfrecords}", f"--data_backend={backend}",
+            "--dali_device=cpu", "--num_classes=10", "--image_size=32", "--batch_size=8",
+            "--num_iter=2", "--iter_unit=epoch", "--lr_warmup_epochs=0", "--crop_area_min=0.5",
+            "--norandom_flip", "--zero_init_last_bn", "--display_every=1", "--noprogress_bar",
+            "--num_threads=1", f"--auto_augment={policy}", *FEATURES, f"--model_dir={model_dir}",
+            f"--export_dir={export_dir}",
+        ],
+        timeout=900,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    augmentation = "randaugment n2 m9" if policy == "randaugment" else policy
+    for epoch, size in ((0, 32), (1, 64)):
+        assert (
+            f"{PIPELINE_NAMES[backend]} train pipeline: records [0, 80) of 80 (shard 0 of 1), "
+            f"10 steps, {size} px random crops of area >= 0.5, no flips, {augmentation}"
+        ) in output
+        assert f"image size {size} from epoch {epoch + 1}" in output
+    for step in (5, 10):  # the EMA weights evaluated, at 64 px
+        assert f"evaluating at step {step} with the EMA weights (decay 0.9;" in output
+    assert "exported the EMA weights (--ema_decay=0.9)" in output
+
+    log = list(read_log(model_dir / "log.json"))
+    losses = [r["data"]["total_loss"] for r in log if len(r["step"]) == 2]
+    assert len(losses) == 10 and np.all(np.isfinite(losses))  # 10 updates of 2 batches
+    summary = [r["data"] for r in log if r["step"] == []][-1]
+    assert summary["eval_examples"] == 40 and 0 <= summary["top1_accuracy"] <= 1
+    _, meta, _ = checkpoints.latest_valid_checkpoint(model_dir)
+    trainable = [path for path, _ in meta["model_variables"] if "moving_" not in path]
+    assert meta["step"] == 10 and [path for path, _ in meta["ema_variables"]] == trainable
+    serving = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    assert serving.structured_input_signature[1]["images"].shape.as_list() == [None, 64, 64, 3]

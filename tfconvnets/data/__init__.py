@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from tfconvnets import constants
 from tfconvnets.config import Section, option, require
 from tfconvnets.data.layouts import LAYOUTS as FOLDER_LAYOUTS
-from tfconvnets.data.records import SPLITS
+from tfconvnets.data.records import SPLITS, rank_seed
 from tfconvnets.errors import UserError
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ __all__ = [
     "Pipeline",
     "build_pipeline",
     "class_names",
+    "describe_preprocessing",
     "diagnose_corrupt_records",
     "eval_steps",
     "load_eval_image",
@@ -219,6 +220,19 @@ class Pipeline:
     on_gpu: bool = False  # batches already arrive in GPU memory (DALI's GPU training pipeline)
 
 
+def describe_preprocessing(config: DataConfig, training: bool) -> str:
+    """What a pipeline does to each image, for its start-up log line."""
+    if not training:
+        return f"{config.eval_size} px center crop of {config.eval_crop_ratio:g}"
+    parts = [f"{config.image_size} px random crops of area >= {config.crop_area_min:g}"]
+    parts.append("flips" if config.random_flip else "no flips")
+    if config.auto_augment == "randaugment":
+        parts.append(f"randaugment n{RAND_AUGMENT_OPS} m{config.auto_augment_magnitude}")
+    elif config.auto_augment != "none":
+        parts.append(config.auto_augment)
+    return ", ".join(parts)
+
+
 def train_steps(num_examples: int, batch_size: int, num_shards: int) -> int:
     return max(1, num_examples // (batch_size * num_shards))
 
@@ -251,16 +265,23 @@ def build_pipeline(
     num_shards: int = 1,
     seed: int = 0,
     gpu_id: int | None = None,
+    epoch: int = 0,
 ) -> Pipeline:
-    """The input pipeline of one rank; see the module docstring for what it yields."""
+    """The input pipeline of one rank; see the module docstring for what it yields.
+
+    Training: the stream of 0-based `epoch`. Rank `shard_id` reads the shard
+    ``(shard_id + epoch) % num_shards``, so the ranks move round the split from epoch to epoch,
+    and its shuffle and augmentation draws are seeded by (seed, rank, epoch). An epoch is a
+    pure function of its number: a resumed run rebuilds it and skips what it had consumed.
+    """
     _validate(config, split, batch_size, shard_id, num_shards)
     kwargs = dict(
         split=split,
         batch_size=batch_size,
         training=training,
-        shard_id=shard_id,
+        shard_id=(shard_id + epoch) % num_shards if training else shard_id,
         num_shards=num_shards,
-        seed=seed,
+        seed=rank_seed(seed, shard_id, epoch),
     )
     if config.backend == "synthetic":
         from tfconvnets.data import synthetic

@@ -44,6 +44,7 @@ from tfconvnets.data import (
     RAND_AUGMENT_OPS,
     DataConfig,
     Pipeline,
+    describe_preprocessing,
     eval_steps,
     records,
     sources,
@@ -241,7 +242,7 @@ def build(
         training=training,
         shard_id=shard_id,
         num_shards=num_shards,
-        seed=records.rank_seed(seed, shard_id),
+        seed=seed,
         device_id=device_id,
     )
     dali_dtype = tf.float16 if config.dtype == "float16" else tf.float32
@@ -262,16 +263,11 @@ def build(
     else:
         steps = eval_steps(plan.shard_examples, batch_size)
     logging.info(
-        "DALI %s pipeline: %s [%d, %d) of %d (rank %d of %d), %d steps",
-        split,
-        "files" if isinstance(plan, sources.FilePlan) else "records",
-        plan.start,
-        plan.end,
-        plan.num_examples,
-        shard_id,
-        num_shards,
-        steps,
-    )
+        "DALI %s pipeline: %s [%d, %d) of %d (shard %d of %d), %d steps, %s",
+        split, "files" if isinstance(plan, sources.FilePlan) else "records", plan.start,
+        plan.end, plan.num_examples, shard_id, num_shards, steps,
+        describe_preprocessing(config, training),
+    )  # fmt: skip
     if on_gpu:
         return Pipeline(ds, plan.num_examples, plan.shard_examples, steps, on_gpu=True)
 

@@ -245,9 +245,10 @@ def plan_split(
     return SplitPlan(indexes, num_examples, start, end)
 
 
-def rank_seed(seed: int, shard_id: int) -> int:
-    """A well-mixed 31-bit seed that differs per (seed, rank)."""
-    return int(np.random.SeedSequence([seed, shard_id]).generate_state(1)[0] & 0x7FFFFFFF)
+def rank_seed(seed: int, shard_id: int, epoch: int = 0) -> int:
+    """A well-mixed 31-bit seed that differs per (seed, rank, epoch)."""
+    entropy = [seed, shard_id, epoch]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def check_labels(

@@ -33,7 +33,7 @@ def build(
     num_examples = SYNTHETIC_NUM_EXAMPLES[split]
     start, end = records.shard_range(num_examples, shard_id, num_shards)
     shard_examples = end - start
-    generator = tf.random.Generator.from_seed(records.rank_seed(seed, shard_id))
+    generator = tf.random.Generator.from_seed(seed)
     size = config.image_size if training else config.eval_size
     images = tf.cast(generator.normal([batch_size, size, size, 3]), config.dtype)
     labels = generator.uniform([batch_size], 0, config.num_classes, dtype=tf.int32)

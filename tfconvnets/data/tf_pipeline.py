@@ -10,7 +10,9 @@ Resizes are bilinear with antialiasing, as DALI's default linear resize is.
 Each rank reads the record range ``[N*i//n, N*(i+1)//n)`` of the split (the DALI reader's
 split), located through the DALI index files. Training shuffles the rank's files and records
 (buffer of records.SHUFFLE_BUFFER) and repeats, so every epoch covers the range once; random
-ops are stateless and seeded per rank, so a run is reproducible for a given seed.
+ops are stateless, seeded per image from the stream's seed, and the map keeps the order, so
+the stream is the same batch for batch in every run (exact resume; Keras's RandAugment layer
+draws from its own stateful generator, so --auto_augment=randaugment is not).
 
 Image folders (tfconvnets/data/sources.py): the rank's range of the sorted file list is read
 with ``tf.io.read_file`` (shuffled as a whole in training) and goes through the same
@@ -33,6 +35,7 @@ from tfconvnets.data import (
     RAND_AUGMENT_OPS,
     DataConfig,
     Pipeline,
+    describe_preprocessing,
     eval_steps,
     records,
     sources,
@@ -243,26 +246,25 @@ def build(
     plan = sources.plan(
         config.data_dir, config.data_idx_dir, config.data_layout, split, shard_id, num_shards
     )
-    rank_seed = records.rank_seed(seed, shard_id)
     size = config.image_size if training else config.eval_size
 
     def finish(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return image, records.check_labels(label, config.num_classes, config.data_dir, split)
 
     if isinstance(plan, sources.FilePlan):
-        raw = _read_files(plan, training, rank_seed)
+        raw = _read_files(plan, training, seed)
         what = "files"
     else:
-        raw = _read_records(plan, training, rank_seed, config.num_threads)
+        raw = _read_records(plan, training, seed, config.num_threads)
         if training:
-            raw = raw.shuffle(records.SHUFFLE_BUFFER, seed=rank_seed, reshuffle_each_iteration=True)
+            raw = raw.shuffle(records.SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
         what = "records"
     if training:
         # One [2] seed per image for the stateless random ops.
-        seeds = tf.data.Dataset.random(seed=rank_seed).batch(2)
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
         augment = None
         if config.auto_augment == "randaugment":
-            augment = rand_augment(config.auto_augment_magnitude, rank_seed)
+            augment = rand_augment(config.auto_augment_magnitude, seed)
         ds = tf.data.Dataset.zip((raw.repeat(), seeds)).map(
             lambda element, s: preprocess_train(
                 *_encoded_and_label(element),
@@ -274,7 +276,7 @@ def build(
                 augment=augment,
             ),
             num_parallel_calls=config.num_threads,
-            deterministic=False,
+            deterministic=True,  # the same batches in every run: exact resume
         )
         if config.skip_corrupt:
             ds = ds.ignore_errors(log_warning=True)
@@ -306,14 +308,8 @@ def build(
     options.threading.private_threadpool_size = config.num_threads
     ds = ds.prefetch(tf.data.AUTOTUNE).with_options(options)
     logging.info(
-        "tf.data %s pipeline: %s [%d, %d) of %d (rank %d of %d), %d steps",
-        split,
-        what,
-        plan.start,
-        plan.end,
-        plan.num_examples,
-        shard_id,
-        num_shards,
-        steps,
-    )
+        "tf.data %s pipeline: %s [%d, %d) of %d (shard %d of %d), %d steps, %s",
+        split, what, plan.start, plan.end, plan.num_examples, shard_id, num_shards, steps,
+        describe_preprocessing(config, training),
+    )  # fmt: skip
     return Pipeline(ds, plan.num_examples, plan.shard_examples, steps)
