@@ -21,6 +21,7 @@ from runtime.factory import build_eval_step, build_training
 from runtime.numerics import NumericsGuard
 from runtime.preemption import PREEMPTED_EXIT_CODE, PreemptionSignal, TrainingStopped
 from runtime.reporting import Reporter
+from runtime.stall import StallWatchdog
 from runtime.steps import StepLosses
 from runtime.timing import ThroughputClock
 from tfconvnets.data import Pipeline
@@ -65,6 +66,7 @@ class Trainer:
             data_dir=config.data.data_dir,
         )
         self._last_eval: tuple[int, dict] = (-1, {})
+        self._watchdog: StallWatchdog | None = None
         self._last_saved_step = -1
 
     def train(self) -> dict:
@@ -146,6 +148,7 @@ class Trainer:
     def _run_steps(self, step: int, end: int, clock: ThroughputClock) -> int:
         """Steps until `end`, with the periodic work at display, checkpoint and epoch steps."""
         preemption = PreemptionSignal()
+        self._watchdog = self._start_watchdog(step)
         data = None
         if clock.at_warmup_end(step):
             clock.start(step)
@@ -165,12 +168,16 @@ class Trainer:
                 images, labels = next(data)
                 losses = self.train_step(images, labels, step_tensor)
                 step += 1
+                if self._watchdog:
+                    self._watchdog.beat(step)
                 if clock.at_warmup_end(step):
                     losses.total.numpy()  # sync: the clock starts once the warm-up work is done
                     clock.start(step)
                 self._periodic(step, end, losses, clock, preemption)
         finally:
             preemption.restore()
+            if self._watchdog:
+                self._watchdog.stop()
             self.reporter.end_epoch()
         if losses is not None:
             losses.total.numpy()
@@ -191,7 +198,10 @@ class Trainer:
             self.reporter.step(step, scalars, lr)
             if at_epoch_end:
                 self.reporter.epoch(step, scalars, lr)
-        with clock.paused():
+        with (
+            clock.paused(),
+            self._watchdog.paused() if self._watchdog else contextlib.nullcontext(),
+        ):
             if checkpoint:
                 self.save_checkpoint(step)
             if at_epoch_end and self._evaluation_due(step):
@@ -204,6 +214,17 @@ class Trainer:
                 f"{self.config.loop.model_dir}; run the same command to resume",
                 exit_code=PREEMPTED_EXIT_CODE,
             )
+
+    def _start_watchdog(self, step: int) -> StallWatchdog | None:
+        """Names a rank that stops making progress (runtime/stall.py); multi-rank runs only."""
+        compute = self.config.compute
+        if self.dist.size == 1 or not compute.stall_check_seconds:
+            return None
+        return StallWatchdog(
+            self.dist, self.config.loop.model_dir,
+            check_seconds=compute.stall_check_seconds,
+            shutdown_seconds=compute.stall_shutdown_seconds,
+        ).start(step)  # fmt: skip
 
     def _evaluation_due(self, step: int) -> bool:
         """Every `eval_every` epochs; the final evaluation happens after the loop."""

@@ -1,0 +1,157 @@
+"""Names a rank that stops making progress, and ends the job in bounded time.
+
+Horovod's stall inspector runs on the coordinator's background thread, which under Gloo
+blocks in the transport while it waits for a rank that no longer runs (stuck but alive, e.g.
+SIGSTOP), so it never reports that case (measured). This watchdog does not wait on any
+collective: each rank's own thread writes a heartbeat (its last finished step) every few
+seconds into `<model_dir>/heartbeats/`, and a rank that has made no progress for
+--stall_check_seconds names the ranks whose heartbeat stopped or fell behind. After
+--stall_shutdown_seconds without progress it ends its process (exit 70), and the launcher
+ends the job. Ranks on other hosts are visible only when --model_dir is a shared directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from absl import logging
+
+from runtime.distributed import Distributed
+
+STALLED_EXIT_CODE = 70  # EX_SOFTWARE: the job cannot go on
+HEARTBEAT_DIR = "heartbeats"
+
+
+class StallWatchdog:
+    def __init__(
+        self,
+        dist: Distributed,
+        model_dir: str | None,
+        *,
+        check_seconds: float,
+        shutdown_seconds: float,
+    ) -> None:
+        self.dist, self.check_seconds, self.shutdown_seconds = dist, check_seconds, shutdown_seconds
+        self.directory = Path(model_dir, HEARTBEAT_DIR) if model_dir else None
+        # Heartbeats come often enough that a stopped rank is told from a slow one well within
+        # the check time.
+        self.interval = max(0.5, min(5.0, check_seconds / 5))
+        self._step, self._progress_at, self._paused = 0, time.monotonic(), 0
+        self._reported = False
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
+
+    def start(self, step: int) -> StallWatchdog:
+        self.beat(step)
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        return self
+
+    def beat(self, step: int) -> None:
+        """A step finished (two assignments: the training loop calls it every step)."""
+        self._step, self._progress_at = step, time.monotonic()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Evaluation and checkpoints: bounded work that is not a training step."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+            self.beat(self._step)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.directory is not None:
+            with contextlib.suppress(OSError):
+                self._heartbeat_path(self.dist.rank).unlink()
+
+    def _heartbeat_path(self, rank: int) -> Path:
+        assert self.directory is not None
+        return self.directory / f"rank-{rank:05d}.json"
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.interval):
+            self._write_heartbeat()
+            idle = time.monotonic() - self._progress_at
+            if self._paused or idle < self.check_seconds:
+                self._reported = False
+                continue
+            if not self._reported:
+                self._reported = True
+                self._report(idle)
+            if self.shutdown_seconds and idle >= self.shutdown_seconds:
+                logging.error(
+                    "ending the job: no progress for %.0f s after step %d "
+                    "(--stall_shutdown_seconds=%g)", idle, self._step, self.shutdown_seconds,
+                )  # fmt: skip
+                logging.flush()
+                os._exit(STALLED_EXIT_CODE)
+
+    def _write_heartbeat(self) -> None:
+        if self.directory is None:
+            return
+        beat = {
+            "rank": self.dist.rank, "host": socket.gethostname(), "pid": os.getpid(),
+            "step": self._step, "time": time.time(),
+        }  # fmt: skip
+        path = self._heartbeat_path(self.dist.rank)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(beat))
+            os.replace(tmp, path)
+
+    def heartbeats(self) -> list[dict]:
+        """The heartbeats this rank can see (its own host's ranks, all with a shared dir)."""
+        if self.directory is None:
+            return []
+        beats = []
+        for path in sorted(self.directory.glob("rank-*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                beats.append(json.loads(path.read_text()))
+        return beats
+
+    def stalled_ranks(self, now: float) -> list[str]:
+        """Each visible rank whose heartbeat stopped (its process does not run) or whose step
+        is behind this rank's, in words."""
+        stale_after = 3 * self.interval + 1
+        found = []
+        for b in self.heartbeats():
+            where = f"rank {b['rank']} (pid {b['pid']} on {b['host']})"
+            if now - b["time"] > stale_after:
+                found.append(
+                    f"{where} has not run for {now - b['time']:.0f} s (stopped, or its host is "
+                    f"unreachable), last after step {b['step']}"
+                )
+            elif b["step"] < self._step:
+                found.append(f"{where} is still at step {b['step']}")
+        return found
+
+    def _report(self, idle: float) -> None:
+        stalled = self.stalled_ranks(time.time())
+        where = (
+            "; ".join(stalled)
+            if stalled
+            else (
+                f"every rank visible in {self.directory} is alive and at step {self._step} "
+                "(compiling, evaluating or reading data?)"
+                if self.directory
+                else "other ranks' progress is visible only with --model_dir"
+            )
+        )
+        logging.error(
+            "stall: rank %d has made no progress for %.0f s after step %d "
+            "(--stall_check_seconds=%g): %s", self.dist.rank, idle, self._step,
+            self.check_seconds, where,
+        )  # fmt: skip
+        logging.flush()

@@ -1,0 +1,75 @@
+"""The stall watchdog in process: heartbeats, who is named, and what a rank says when it sees
+nobody (tests/test_faults.py stops a real worker with SIGSTOP)."""
+
+from __future__ import annotations
+
+import json
+import logging as py_logging
+import time
+
+from runtime.distributed import Distributed
+from runtime.stall import StallWatchdog
+
+RANK_0_OF_3 = Distributed(rank=0, size=3, local_rank=0, local_size=3)
+
+
+def write_beat(directory, rank: int, step: int, age: float) -> None:
+    beat = {
+        "rank": rank,
+        "host": "node7",
+        "pid": 100 + rank,
+        "step": step,
+        "time": time.time() - age,
+    }
+    (directory / f"rank-{rank:05d}.json").write_text(json.dumps(beat))
+
+
+def test_a_stopped_rank_and_a_rank_behind_are_named_a_live_one_is_not(tmp_path):
+    watchdog = StallWatchdog(RANK_0_OF_3, str(tmp_path), check_seconds=10, shutdown_seconds=0)
+    watchdog.start(step=12)
+    try:
+        time.sleep(watchdog.interval * 1.5)  # its own heartbeat is written by its thread
+        beats = {b["rank"]: b for b in watchdog.heartbeats()}
+        assert beats[0]["step"] == 12 and time.time() - beats[0]["time"] < 5
+        write_beat(watchdog.directory, 1, step=12, age=60)  # SIGSTOPped a minute ago
+        write_beat(watchdog.directory, 2, step=11, age=0)  # alive, one step behind
+        assert watchdog.stalled_ranks(time.time()) == [
+            "rank 1 (pid 101 on node7) has not run for 60 s (stopped, or its host is "
+            "unreachable), last after step 12",
+            "rank 2 (pid 102 on node7) is still at step 11",
+        ]
+        write_beat(watchdog.directory, 1, step=12, age=0)
+        write_beat(watchdog.directory, 2, step=12, age=0)
+        assert watchdog.stalled_ranks(time.time()) == []
+    finally:
+        watchdog.stop()
+    assert not (watchdog.directory / "rank-00000.json").exists()  # a clean stop removes it
+
+
+def test_no_progress_is_reported_once_and_not_while_paused(tmp_path, caplog):
+    watchdog = StallWatchdog(RANK_0_OF_3, str(tmp_path), check_seconds=1, shutdown_seconds=0)
+    with caplog.at_level(py_logging.ERROR):
+        watchdog.start(step=3)
+        try:
+            with watchdog.paused():  # an evaluation longer than the check time
+                time.sleep(2.5)
+            assert "stall:" not in caplog.text
+            time.sleep(2.5)
+        finally:
+            watchdog.stop()
+    reports = [r.getMessage() for r in caplog.records if "stall:" in r.getMessage()]
+    assert len(reports) == 1, reports
+    assert reports[0].startswith("stall: rank 0 has made no progress for ")
+    assert reports[0].endswith(
+        f"after step 3 (--stall_check_seconds=1): every rank visible in {watchdog.directory} "
+        "is alive and at step 3 (compiling, evaluating or reading data?)"
+    )
+
+
+def test_without_a_model_dir_it_says_what_it_cannot_see(caplog):
+    watchdog = StallWatchdog(RANK_0_OF_3, None, check_seconds=1, shutdown_seconds=0)
+    with caplog.at_level(py_logging.ERROR):
+        watchdog.start(step=0)
+        time.sleep(2.5)
+        watchdog.stop()
+    assert "other ranks' progress is visible only with --model_dir" in caplog.text
