@@ -2,8 +2,9 @@
 # Checks a GPU-flavour venv (scripts/setup_env.sh with TFCONVNETS_FLAVOUR=gpu); needs no
 # GPU. Run by `make gpu-stack` and by the Dockerfile:
 #   - horovodrun --check-build lists TensorFlow, MPI, Gloo and NCCL;
-#   - Horovod's library needs libnccl, libcudart and libmpi and finds them in the venv
-#     (readelf, ldd without LD_LIBRARY_PATH);
+#   - Horovod's library needs libnccl and libmpi and finds them in the venv (readelf, ldd
+#     without LD_LIBRARY_PATH); its CUDA runtime calls are all provided by TensorFlow's
+#     CUDA runtime stubs (libtensorflow_framework.so.2, which loads the venv's libcudart);
 #   - the CUDA runtime and cuDNN libraries in the venv report versions that match what
 #     TensorFlow was built against (tf.sysconfig.get_build_info());
 #   - the DALI TF plugin imports, Horovod imports with NCCL, `python main.py --helpfull` runs.
@@ -25,14 +26,25 @@ done
 LIB="$("$PY" -c 'import glob, os, horovod; print(glob.glob(os.path.join(os.path.dirname(horovod.__file__), "tensorflow", "mpi_lib*.so"))[0])')"
 echo "==> [gpu-stack] readelf -d ${LIB#"$VENV"/}"
 readelf -d "$LIB" | grep -E 'NEEDED|RUNPATH|RPATH'
-for soname in libnccl.so.2 libcudart.so.12 libmpi.so.40; do
+for soname in libnccl.so.2 libmpi.so.40 libtensorflow_framework.so.2; do
   readelf -d "$LIB" | grep -qF "[$soname]" || fail "$LIB does not link $soname"
 done
+# Horovod's CUDA runtime calls bind to TensorFlow's CUDA runtime stubs, which
+# libtensorflow_framework.so.2 exports and which load the venv's libcudart.so.12: one CUDA
+# runtime in the process (the linker needs no libcudart of its own, so it is not NEEDED).
+echo "==> [gpu-stack] Horovod's CUDA runtime symbols, provided by libtensorflow_framework.so.2"
+TF_FRAMEWORK="$("$PY" -c 'import os, tensorflow as tf; print(os.path.join(os.path.dirname(tf.__file__), "libtensorflow_framework.so.2"))' 2>/dev/null)"
+NEEDS="$(nm -D --undefined-only "$LIB" | awk '$2 ~ /^_*cuda/ {print $2}' | sort -u)"
+HAS="$(nm -D --defined-only "$TF_FRAMEWORK" | awk '$3 ~ /^_*cuda/ {print $3}' | sort -u)"
+[[ -n "$NEEDS" ]] || fail "$LIB uses no CUDA runtime symbol: not a CUDA build of Horovod"
+MISSING="$(comm -23 <(echo "$NEEDS") <(echo "$HAS"))"
+[[ -z "$MISSING" ]] || fail "CUDA runtime symbols of $LIB that TensorFlow does not provide: $MISSING"
+echo "$(wc -l <<<"$NEEDS") CUDA runtime symbols, all provided by TensorFlow's stubs"
 echo "==> [gpu-stack] ldd (no LD_LIBRARY_PATH)"
 LDD="$(env -u LD_LIBRARY_PATH ldd "$LIB")"
-grep -E 'nccl|cudart|libmpi' <<<"$LDD"
+grep -E 'nccl|libmpi' <<<"$LDD"
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-for pair in "libnccl.so.2:$SITE/nvidia/nccl/lib" "libcudart.so.12:$SITE/nvidia/cuda_runtime/lib" "libmpi.so.40:$VENV/lib"; do
+for pair in "libnccl.so.2:$SITE/nvidia/nccl/lib" "libmpi.so.40:$VENV/lib"; do
   soname="${pair%%:*}" dir="${pair#*:}"
   resolved="$(awk -v s="$soname" '$1 == s {print $3}' <<<"$LDD")"
   [[ -n "$resolved" && "$(cd "$(dirname "$resolved")" && pwd -P)" == "$(cd "$dir" && pwd -P)" ]] ||
