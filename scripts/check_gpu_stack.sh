@@ -95,5 +95,9 @@ print(f"horovod NCCL/MPI/Gloo built, DALI TF plugin imports; GPUs visible to TF 
 PY
 
 echo "==> [gpu-stack] python main.py --helpfull"
-(cd "$ROOT" && "$PY" main.py --helpfull >/dev/null) || fail "python main.py --helpfull failed"
+# absl's help flags exit 1 by design: the check is that the full help comes out, whole.
+HELP="$(cd "$ROOT" && "$PY" main.py --helpfull 2>&1)" || true
+grep -q -- "--arch: " <<<"$HELP" && grep -q -- "--dali_device: " <<<"$HELP" &&
+  ! grep -q Traceback <<<"$HELP" || fail "python main.py --helpfull did not print the flags: ${HELP: -2000}"
+echo "$(grep -c '^  --' <<<"$HELP") flags listed"
 echo "==> [gpu-stack] all checks passed for $VENV"
