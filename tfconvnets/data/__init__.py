@@ -24,6 +24,8 @@ import math
 import os
 from typing import TYPE_CHECKING
 
+from absl import logging
+
 from tfconvnets import constants
 from tfconvnets.config import Section, option, require
 from tfconvnets.data.layouts import LAYOUTS as FOLDER_LAYOUTS
@@ -273,6 +275,7 @@ def build_pipeline(
     ``(shard_id + epoch) % num_shards``, so the ranks move round the split from epoch to epoch,
     and its shuffle and augmentation draws are seeded by (seed, rank, epoch). An epoch is a
     pure function of its number: a resumed run rebuilds it and skips what it had consumed.
+    The pipelines of later epochs describe themselves at debug level (--verbosity=1).
     """
     _validate(config, split, batch_size, shard_id, num_shards)
     kwargs = dict(
@@ -287,13 +290,14 @@ def build_pipeline(
         from tfconvnets.data import synthetic
 
         return synthetic.build(config, **kwargs)
+    log_level = logging.DEBUG if training and epoch else logging.INFO
     if config.backend == "tf":
         from tfconvnets.data import tf_pipeline
 
-        return tf_pipeline.build(config, **kwargs)
+        return tf_pipeline.build(config, log_level=log_level, **kwargs)
     from tfconvnets.data import dali_pipeline
 
-    return dali_pipeline.build(config, gpu_id=gpu_id, **kwargs)
+    return dali_pipeline.build(config, gpu_id=gpu_id, log_level=log_level, **kwargs)
 
 
 def diagnose_corrupt_records(

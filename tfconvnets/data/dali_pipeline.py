@@ -20,10 +20,11 @@ Devices (``--dali_device``; "auto" picks the GPU when TensorFlow sees one, and l
   on the GPU but are handed to /cpu:0, so that the padding labels and label checks below apply
   (one device-to-host copy per eval batch).
 
-Sharding is DALI's own (record range ``[N*i//n, N*(i+1)//n)`` of the split). In training the
-reader moves to the next shard each epoch (``stick_to_shard=False``), so ranks still cover the
-split once per epoch together. Eval uses ``pad_last_batch`` (repeats of the last record), and
-those repeats get label -1 here, from the batch position.
+Sharding is DALI's own (record range ``[N*i//n, N*(i+1)//n)`` of the split). In training
+each epoch has its own pipeline, whose shard ``build_pipeline`` moves round the split from
+epoch to epoch, so ranks still cover the split once per epoch together. Eval uses
+``pad_last_batch`` (repeats of the last record), and those repeats get label -1 here, from the
+batch position.
 
 skip_corrupt is not supported: DALI's decoders have no way to skip a record, and a pre-scan
 would decode the whole split on every start. The build fails with a UserError that suggests
@@ -75,14 +76,15 @@ def import_dali() -> pytypes.SimpleNamespace:
     )
 
 
-def resolve_device(dali_device: str) -> str:
+def resolve_device(dali_device: str, log_level: int = logging.INFO) -> str:
     """ "cpu" or "gpu" for --dali_device (auto: gpu if TensorFlow sees one; GPUs hidden from
     it, as by --cpu, do not count)."""
     has_gpu = bool(tf.config.get_visible_devices("GPU"))
     if dali_device == "gpu" and not has_gpu:
         raise UserError("--dali_device=gpu, but TensorFlow sees no GPU; use --dali_device=cpu")
     device = "cpu" if dali_device == "cpu" else ("gpu" if has_gpu else "cpu")
-    logging.info(
+    logging.log(
+        log_level,
         "DALI runs on the %s (--dali_device=%s%s)",
         device.upper(),
         dali_device,
@@ -220,6 +222,7 @@ def build(
     num_shards: int,
     seed: int,
     gpu_id: int | None,
+    log_level: int = logging.INFO,
 ) -> Pipeline:
     dali = import_dali()
     if config.skip_corrupt:
@@ -231,7 +234,7 @@ def build(
     plan = sources.plan(
         config.data_dir, config.data_idx_dir, config.data_layout, split, shard_id, num_shards
     )
-    device = resolve_device(config.dali_device)
+    device = resolve_device(config.dali_device, log_level)
     device_id = (gpu_id or 0) if device == "gpu" else None  # None: DALI's CPU-only mode
     size = config.image_size if training else config.eval_size
     pipe = _dali_graph(
@@ -262,7 +265,8 @@ def build(
         steps = train_steps(plan.num_examples, batch_size, num_shards)
     else:
         steps = eval_steps(plan.shard_examples, batch_size)
-    logging.info(
+    logging.log(
+        log_level,
         "DALI %s pipeline: %s [%d, %d) of %d (shard %d of %d), %d steps, %s",
         split, "files" if isinstance(plan, sources.FilePlan) else "records", plan.start,
         plan.end, plan.num_examples, shard_id, num_shards, steps,

@@ -242,6 +242,7 @@ def build(
     shard_id: int,
     num_shards: int,
     seed: int,
+    log_level: int = logging.INFO,
 ) -> Pipeline:
     plan = sources.plan(
         config.data_dir, config.data_idx_dir, config.data_layout, split, shard_id, num_shards
@@ -307,7 +308,8 @@ def build(
     # The same thread budget as DALI's num_threads (also keeps ranks on one host apart).
     options.threading.private_threadpool_size = config.num_threads
     ds = ds.prefetch(tf.data.AUTOTUNE).with_options(options)
-    logging.info(
+    logging.log(
+        log_level,
         "tf.data %s pipeline: %s [%d, %d) of %d (shard %d of %d), %d steps, %s",
         split, what, plan.start, plan.end, plan.num_examples, shard_id, num_shards, steps,
         describe_preprocessing(config, training),
