@@ -43,30 +43,32 @@ class StallWatchdog:
         # the check time.
         self.interval = max(0.5, min(5.0, check_seconds / 5))
         self._step, self._progress_at, self._paused = 0, time.monotonic(), 0
-        self._reported = False
+        # Armed by the first step this run finishes: the first step compiles, which may take
+        # minutes with XLA, and is no stall.
+        self._armed = self._reported = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
 
     def start(self, step: int) -> StallWatchdog:
-        self.beat(step)
+        self._step, self._progress_at = step, time.monotonic()
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
         self._thread.start()
         return self
 
     def beat(self, step: int) -> None:
-        """A step finished (two assignments: the training loop calls it every step)."""
-        self._step, self._progress_at = step, time.monotonic()
+        """A step finished (assignments only: the training loop calls it every step)."""
+        self._step, self._progress_at, self._armed = step, time.monotonic(), True
 
     @contextlib.contextmanager
     def paused(self):
-        """Evaluation and checkpoints: bounded work that is not a training step."""
+        """Evaluation, checkpoints, a new epoch's pipeline: bounded work, not a step."""
         self._paused += 1
         try:
             yield
         finally:
             self._paused -= 1
-            self.beat(self._step)
+            self._progress_at = time.monotonic()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -84,7 +86,7 @@ class StallWatchdog:
         while not self._stopping.wait(self.interval):
             self._write_heartbeat()
             idle = time.monotonic() - self._progress_at
-            if self._paused or idle < self.check_seconds:
+            if self._paused or not self._armed or idle < self.check_seconds:
                 self._reported = False
                 continue
             if not self._reported:
@@ -149,7 +151,9 @@ class StallWatchdog:
                 else "other ranks' progress is visible only with --model_dir"
             )
         )
-        logging.error(
+        # A rank seen to stop or fall behind is an error; no progress anywhere is a warning.
+        logging.log(
+            logging.ERROR if stalled else logging.WARNING,
             "stall: rank %d has made no progress for %.0f s after step %d "
             "(--stall_check_seconds=%g): %s", self.dist.rank, idle, self._step,
             self.check_seconds, where,

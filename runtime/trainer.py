@@ -160,7 +160,8 @@ class Trainer:
         try:
             while step < end:
                 if data is None or (self._pipeline_for and step % spe == 0):
-                    data = self._epoch_batches(step)
+                    with self._watchdog.paused() if self._watchdog else contextlib.nullcontext():
+                        data = self._epoch_batches(step)
                 step_tensor = tf.constant(step, tf.int64)
                 for index in micro_indices:  # --accumulation_steps > 1 only
                     images, labels = next(data)

@@ -48,9 +48,11 @@ def test_a_stopped_rank_and_a_rank_behind_are_named_a_live_one_is_not(tmp_path):
 
 def test_no_progress_is_reported_once_and_not_while_paused(tmp_path, caplog):
     watchdog = StallWatchdog(RANK_0_OF_3, str(tmp_path), check_seconds=1, shutdown_seconds=0)
-    with caplog.at_level(py_logging.ERROR):
-        watchdog.start(step=3)
+    with caplog.at_level(py_logging.WARNING):
+        watchdog.start(step=2)
         try:
+            time.sleep(2.5)  # the first step (a compile) is no stall
+            watchdog.beat(3)
             with watchdog.paused():  # an evaluation longer than the check time
                 time.sleep(2.5)
             assert "stall:" not in caplog.text
@@ -59,6 +61,7 @@ def test_no_progress_is_reported_once_and_not_while_paused(tmp_path, caplog):
             watchdog.stop()
     reports = [r.getMessage() for r in caplog.records if "stall:" in r.getMessage()]
     assert len(reports) == 1, reports
+    assert [r.levelno for r in caplog.records if "stall:" in r.getMessage()] == [py_logging.WARNING]
     assert reports[0].startswith("stall: rank 0 has made no progress for ")
     assert reports[0].endswith(
         f"after step 3 (--stall_check_seconds=1): every rank visible in {watchdog.directory} "
@@ -68,8 +71,9 @@ def test_no_progress_is_reported_once_and_not_while_paused(tmp_path, caplog):
 
 def test_without_a_model_dir_it_says_what_it_cannot_see(caplog):
     watchdog = StallWatchdog(RANK_0_OF_3, None, check_seconds=1, shutdown_seconds=0)
-    with caplog.at_level(py_logging.ERROR):
+    with caplog.at_level(py_logging.WARNING):
         watchdog.start(step=0)
+        watchdog.beat(1)
         time.sleep(2.5)
         watchdog.stop()
     assert "other ranks' progress is visible only with --model_dir" in caplog.text
