@@ -3,6 +3,7 @@ of the README's demo whose trained model the runtime tests evaluate, export and 
 
 from __future__ import annotations
 
+import logging as py_logging
 import sys
 
 import pytest
@@ -30,16 +31,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def absl_logger_level_is_restored():
+def absl_logger_level_is_unset():
     """A command-line entry called in process may set absl's level (tfconvnets.convert quiets
-    TensorFlow to WARNING): later tests must not inherit it, or the INFO lines they capture
-    vanish. The raw level is restored: absl's starts unset, following the root logger."""
+    TensorFlow to WARNING), in a test or in a module fixture set up before this one: no test
+    may inherit it, or the INFO lines it captures vanish. Each test starts and ends with
+    absl's logger unset (NOTSET), following the root logger, as in a fresh process."""
     from absl import logging
 
     absl_logger = logging.get_absl_logger()
-    level = absl_logger.level
+    absl_logger.setLevel(py_logging.NOTSET)
     yield
-    absl_logger.setLevel(level)
+    absl_logger.setLevel(py_logging.NOTSET)
 
 
 @pytest.fixture(scope="session")
