@@ -11,6 +11,7 @@ import pytest
 from tests.launch import run
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """`make test` runs two pytest-xdist workers with `--dist loadgroup`: the tests that share
     an expensive fixture are put on one worker, so that it is made once. The demo's users form
