@@ -15,7 +15,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from tfconvnets.config import Section, flag_name, option, require, require_given
+from tfconvnets.config import Section, flag_name, flag_text, option, require, require_given
 from tfconvnets.data import DataConfig
 from tfconvnets.deploy import EXPORT_FORMATS
 from tfconvnets.models import ModelConfig
@@ -289,12 +289,14 @@ class RunConfig:
             )
         return self
 
-    def flat(self) -> dict[str, Any]:
-        """Every value by its flag name (derived ones by field name): the logged configuration."""
+    def flat(self, as_text: bool = False) -> dict[str, Any]:
+        """Every value by its flag name (derived ones by field name): the logged configuration;
+        `as_text`: each as it is written on the command line."""
         out: dict[str, Any] = {"recipe": self.recipe}
         for section in self.sections():
             for field in dataclasses.fields(section):
-                out[flag_name(field) or field.name] = getattr(section, field.name)
+                value = getattr(section, field.name)
+                out[flag_name(field) or field.name] = flag_text(field, value) if as_text else value
         return out
 
     def with_values(self, values: dict[str, Any]) -> RunConfig:

@@ -57,11 +57,10 @@ def run(config: RunConfig) -> None:
 def _headline(config: RunConfig, world_size: int) -> str:
     """The recipe, and every value that differs from it (the full list is in the log)."""
     recipe = get_config(config.model.arch, config.recipe).flat()
-    changed = {k: v for k, v in config.flat().items() if v != recipe.get(k) and v is not None}
+    text = config.flat(as_text=True)
+    changed = {k for k, v in config.flat().items() if v != recipe.get(k) and v is not None}
     shown = " ".join(
-        f"{k}={v}"
-        for k, v in sorted(changed.items())
-        if k not in ("arch", "recipe", "nvidia_flags")
+        f"{k}={text[k]}" for k in sorted(changed) if k not in ("arch", "recipe", "nvidia_flags")
     )
     return (
         f"{config.model.arch}, recipe {config.recipe}, {world_size} process(es), mode "

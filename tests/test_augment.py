@@ -39,7 +39,9 @@ def test_the_new_flags_are_generated_and_parsed():
     )  # fmt: skip
     given = given_values(values)
     assert given["image_size_schedule"] == ((160, 0.0), (192, 0.5))
-    data = resolve_config({"mode": "training_benchmark", **given}).data
+    resolved = resolve_config({"mode": "training_benchmark", **given})
+    assert resolved.flat(as_text=True)["image_size_schedule"] == "160@0,192@0.5"  # as typed
+    data = resolved.data
     assert (data.auto_augment, data.auto_augment_magnitude) == ("randaugment", 5)
     assert (data.eval_size, data.eval_crop_ratio) == (288, 0.95)
     assert data.train_size(0, 10) == 160 and data.train_size(5, 10) == 192

@@ -420,6 +420,7 @@ def test_every_recipe_feature_trains_the_digits_through_main_py(
         timeout=900,
     )  # fmt: skip
     output = proc.stdout + proc.stderr
+    assert "image_size_schedule=32@0,64@0.5" in output  # the start-up line, as typed
     augmentation = "randaugment n2 m9" if policy == "randaugment" else policy
     assert (
         f"{PIPELINE_NAMES[backend]} train pipeline: records [0, 80) of 80 (shard 0 of 1), "

@@ -23,13 +23,16 @@ def option(
     choices: Sequence[str] | None = None,
     flag: bool | str = True,
     parse: Callable[[str], Any] | None = None,
+    show: Callable[[Any], str] | None = None,
 ) -> Any:
     """A config field. Its flag has the field's name, or `flag` when that is a string;
     `flag=False` marks a value the runtime derives (no flag). `parse` turns each
-    comma-separated item of a list flag into the field's element type."""
+    comma-separated item of a list flag into the field's element type, `show` one back."""
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "flag": flag}
     if parse is not None:
         metadata["parse"] = parse
+    if show is not None:
+        metadata["show"] = show
     if isinstance(default, list | dict | set):
         raise TypeError("config defaults must be immutable (use a tuple)")
     return dataclasses.field(default=default, metadata=metadata)
@@ -39,6 +42,14 @@ def require(condition: bool, flag: str, message: str) -> None:
     """Raises a one-line error naming the flag unless `condition` holds."""
     if not condition:
         raise UserError(f"--{flag}: {message}")
+
+
+def flag_text(field: dataclasses.Field, value: Any) -> str:
+    """`value` as it is written on the command line (a list flag's items joined by commas)."""
+    if isinstance(value, tuple):
+        show = field.metadata.get("show", str)
+        return ",".join(show(item) for item in value)
+    return str(value)
 
 
 def flag_name(field: dataclasses.Field) -> str | None:

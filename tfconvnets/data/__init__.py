@@ -77,6 +77,12 @@ def parse_size_at(item: str) -> tuple[int, float]:
         raise ValueError(f"{item!r} is not size@fraction (e.g. 160@0,192@0.5)") from None
 
 
+def show_size_at(item: tuple[int, float]) -> str:
+    """(160, 0.5) -> ``"160@0.5"``: parse_size_at's inverse."""
+    size, fraction = item
+    return f"{size}@{fraction:g}"
+
+
 def check_size_schedule(schedule: tuple[tuple[int, float], ...]) -> None:
     sizes = [s for s, _ in schedule]
     starts = [f for _, f in schedule]
@@ -136,6 +142,7 @@ class DataConfig(Section):
         "from that fraction of the epochs on (first at 0, sizes increasing, multiples of 32; "
         "changes at epoch boundaries; overrides --image_size in training).",
         parse=parse_size_at,
+        show=show_size_at,
     )
     auto_augment: str = option(
         "none",
