@@ -121,13 +121,16 @@ def final_arrays(model_dir: Path) -> tuple[dict, dict]:
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_worker_checkpoints_and_resumes_exactly(small_digits_tfrecords, tmp_path):
-    """2 ranks through DALI on real records (10 steps per epoch), SIGTERM to a random worker
-    at a random step: the resumed run rebuilds its epoch's stream and skips what was trained
-    on, so every step's loss and the final weights equal those of an uninterrupted run."""
+@pytest.mark.parametrize("backend", ["dali", "tf"])
+def test_sigterm_to_one_worker_checkpoints_and_resumes_exactly(
+    small_digits_tfrecords, tmp_path, backend
+):
+    """2 ranks on real records (10 steps per epoch), SIGTERM to a random worker at a random
+    step: the resumed run rebuilds its epoch's stream and skips what was trained on, so every
+    step's loss and the final weights equal those of an uninterrupted run."""
     args = [
         *(a for a in SYNTHETIC_TRAIN if not a.startswith("--data_backend")),
-        "--data_backend=dali", "--dali_device=cpu",
+        f"--data_backend={backend}", "--dali_device=cpu",
         f"--data_dir={small_digits_tfrecords}", "--num_threads=1", "--num_iter=24",
         "--display_every=1", "--checkpoint_every=1000",
     ]  # fmt: skip
