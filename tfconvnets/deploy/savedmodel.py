@@ -71,12 +71,14 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int, 
 
 @contextlib.contextmanager
 def _quiet_absl_info():
-    # The logger's own level comes back, unset included: restoring the verbosity instead
-    # would pin the caller's logger at whatever its effective level was.
+    # Both come back: the verbosity (under absl's handler, as in main.py, it is the root
+    # logger's level) and absl's own logger level, unset included (elsewhere setting the
+    # verbosity pins it at whatever its effective level was).
     absl_logger = logging.get_absl_logger()
-    level = absl_logger.level
+    verbosity, level = logging.get_verbosity(), absl_logger.level
     logging.set_verbosity(logging.WARNING)
     try:
         yield
     finally:
+        logging.set_verbosity(verbosity)
         absl_logger.setLevel(level)
