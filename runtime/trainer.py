@@ -160,7 +160,8 @@ class Trainer:
         try:
             while step < end:
                 if data is None or (self._pipeline_for and step % spe == 0):
-                    with self._watchdog.paused() if self._watchdog else contextlib.nullcontext():
+                    data = None  # the last epoch's iterator (a DALI pipeline) goes first
+                    with self._not_a_step():
                         data = self._epoch_batches(step)
                 step_tensor = tf.constant(step, tf.int64)
                 for index in micro_indices:  # --accumulation_steps > 1 only
@@ -199,10 +200,7 @@ class Trainer:
             self.reporter.step(step, scalars, lr)
             if at_epoch_end:
                 self.reporter.epoch(step, scalars, lr)
-        with (
-            clock.paused(),
-            self._watchdog.paused() if self._watchdog else contextlib.nullcontext(),
-        ):
+        with clock.paused(), self._not_a_step():
             if checkpoint:
                 self.save_checkpoint(step)
             if at_epoch_end and self._evaluation_due(step):
@@ -226,6 +224,10 @@ class Trainer:
             check_seconds=compute.stall_check_seconds,
             shutdown_seconds=compute.stall_shutdown_seconds,
         ).start(step)  # fmt: skip
+
+    def _not_a_step(self) -> contextlib.AbstractContextManager:
+        """Bounded work between steps, which the stall watchdog does not count."""
+        return self._watchdog.paused() if self._watchdog else contextlib.nullcontext()
 
     def _evaluation_due(self, step: int) -> bool:
         """Every `eval_every` epochs; the final evaluation happens after the loop."""

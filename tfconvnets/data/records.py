@@ -247,8 +247,7 @@ def plan_split(
 
 def rank_seed(seed: int, shard_id: int, epoch: int = 0) -> int:
     """A well-mixed 31-bit seed that differs per (seed, rank, epoch)."""
-    entropy = [seed, shard_id, epoch]
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
+    return int(np.random.SeedSequence([seed, shard_id, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def check_labels(
