@@ -67,7 +67,7 @@ def test_dataprep_then_training_on_each_layout(tmp_path, form, backend):
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
     """Two ranks train and evaluate straight from the extracted official release (DALI-CPU);
-    the same images are also converted to TFRecords."""
+    the same images are also converted to TFRecords (with the devkit's class names)."""
     root = tmp_path_factory.mktemp("folder_run")
     data = fx.make_images(per_class_train=3, num_val=NUM_VAL)
     folder = fx.write_official_extracted(str(root / "imagenet"), data)
@@ -82,7 +82,10 @@ def folder_run(tmp_path_factory):
             "--num_iter=4", "--iter_unit=batch", "--lr_warmup_epochs=0",
         ],
     )  # fmt: skip
-    return {"folder": folder, "records": records_dir, "model_dir": model_dir, "run": trained}
+    return {
+        "data": data, "folder": folder, "records": records_dir, "model_dir": model_dir,
+        "run": trained,
+    }  # fmt: skip
 
 
 @pytest.mark.slow
@@ -138,21 +141,14 @@ def test_benchmark_modes_read_folders(folder_run, tmp_path):
     ]
 
 
-def test_predict_prints_human_readable_names(tmp_path):
-    data = fx.make_images(per_class_train=1, num_val=4)
-    records_dir = str(tmp_path / "records")
-    dataprep(fx.write_official_tars(str(tmp_path / "release"), data), records_dir)
-    model_dir = tmp_path / "model"
-    main_py(
-        *TINY, "--mode=train", "--data_backend=synthetic", f"--model_dir={model_dir}",
-        "--num_iter=1", "--iter_unit=batch",
-    )  # fmt: skip
+@pytest.mark.slow
+def test_predict_prints_human_readable_names(folder_run, tmp_path):
     samples = tmp_path / "samples"
     samples.mkdir()
-    (samples / "a.JPEG").write_bytes(data.train["n01440764"][0][1])
+    (samples / "a.JPEG").write_bytes(folder_run["data"].train["n01440764"][0][1])
     predicted = main_py(
-        *TINY, "--mode=predict", f"--to_predict={samples}", f"--data_dir={records_dir}",
-        f"--model_dir={model_dir}", f"--results_dir={tmp_path}",
+        *TINY, "--mode=predict", f"--to_predict={samples}", f"--data_dir={folder_run['records']}",
+        f"--model_dir={folder_run['model_dir']}", f"--results_dir={tmp_path}",
     )  # fmt: skip
     (line,) = [s for s in predicted.stdout.splitlines() if s.startswith(str(samples))]
     # Names from dataprep's labels.txt (meta.mat's words), not wnids.
