@@ -177,6 +177,33 @@ def test_unconverted_tf_ops_are_refused_not_written():
         check_pure_onnx(proto, source="grouped")
 
 
+def test_a_failing_onnx_optimizer_is_an_error_not_a_skipped_pass(monkeypatch):
+    """tf2onnx would skip a failing optimizer with a warning (after deep-copying the graph
+    before every optimizer, half the conversion time); the export raises instead, and
+    gives the environment back as it found it."""
+    import os
+
+    import keras
+    from tf2onnx import constants, optimizer
+
+    from tfconvnets.deploy.onnx_export import convert_to_onnx
+
+    class BrokenOptimizer(optimizer.optimizer_base.GraphOptimizerBase):
+        def _optimize(self, graph):
+            raise RuntimeError("a converter bug")
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(
+        inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs))
+    )
+    convert = lambda: convert_to_onnx(model, image_size=8, input_dtype="float32", opset=17)  # noqa: E731
+    assert convert().graph.output[0].name == "probabilities"
+    monkeypatch.setitem(optimizer._optimizers, "broken", BrokenOptimizer)
+    with pytest.raises(RuntimeError, match="a converter bug"):
+        convert()
+    assert constants.ENV_TF2ONNX_CATCH_ERRORS not in os.environ
+
+
 @pytest.fixture(scope="module")
 def resnet50_export(tmp_path_factory, digits_tfrecords) -> Path:
     """resnet50 at 32 px in every format, INT8 calibrated on the digits' validation split."""
