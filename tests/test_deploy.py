@@ -179,7 +179,7 @@ def test_unconverted_tf_ops_are_refused_not_written():
 
 def test_a_failing_onnx_optimizer_is_an_error_not_a_skipped_pass(monkeypatch):
     """tf2onnx would skip a failing optimizer with a warning (after deep-copying the graph
-    before every optimizer, half the conversion time); the export raises instead, and
+    before every optimizer, a third of the conversion time); the export raises instead, and
     gives the environment back as it found it."""
     import os
 
