@@ -93,7 +93,7 @@ def convert_to_onnx(model: keras.Model, *, image_size: int, input_dtype: str, op
     serve = serving_function(_float32_copy_for_export(model), xla=False)
     spec = tf.TensorSpec([None, image_size, image_size, 3], input_dtype, name=INPUT_NAME)
     function = tf.function(lambda images: serve(images), input_signature=[spec])
-    with _optimizer_errors_raise():
+    with _optimizer_errors_raise(), _node_protos_rebuilt_not_regrown():
         model_proto, _ = tf2onnx.convert.from_function(
             function, input_signature=[spec], opset=opset
         )
@@ -122,6 +122,35 @@ def _optimizer_errors_raise():
             del os.environ[name]
         else:
             os.environ[name] = previous
+
+
+@contextlib.contextmanager
+def _node_protos_rebuilt_not_regrown():
+    """tf2onnx rewrites each node's proto in a fresh message, not in place.
+
+    tf2onnx rewrites every node's NodeProto after every optimizer, 36 times for a ResNet, by
+    clearing its attributes and adding new ones. Under protobuf's upb backend a cleared
+    attribute stays in the message's arena until the message is freed, so every rewrite kept
+    another copy of every weight: a 10.9 GB peak to convert se-resnext101-32x4d (196 MB of
+    weights), 5.5 GB with this (measured). The output is the same model.
+    """
+    from tf2onnx import graph
+
+    rewrite = graph.Node.update_proto
+
+    def update_proto(node, external_tensor_storage=None):
+        old = node._op  # tf2onnx keeps the proto there
+        del old.attribute[:]  # rewritten below; not worth copying
+        fresh = type(old)()
+        fresh.CopyFrom(old)
+        node._op = fresh
+        return rewrite(node, external_tensor_storage)
+
+    graph.Node.update_proto = update_proto
+    try:
+        yield
+    finally:
+        graph.Node.update_proto = rewrite
 
 
 def _check_interface(model_proto) -> None:
