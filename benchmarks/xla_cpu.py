@@ -64,7 +64,7 @@ def child(spec: dict) -> None:
     compute_dtype = keras.mixed_precision.dtype_policy().compute_dtype
     images = tf.cast(tf.random.normal([batch, size, size, 3], seed=0), compute_dtype)
     labels = tf.random.uniform([batch], 0, 1000, dtype=tf.int32, seed=0)
-    grouped = spec["arch"] != "resnet50"
+    grouped = MODEL_SPECS[spec["arch"]].groups > 1
 
     # name -> (xla, grouped_conv); native grouped conv without XLA is tried, not assumed broken.
     plan = {"off": (False, "split" if grouped else "native"), "on": (True, "native")}
@@ -154,7 +154,7 @@ def main() -> None:
 def _rows(arch: str, dtype: str, out: dict) -> list[dict]:
     if "error" in out:
         return [{"arch": arch, "dtype": dtype, "xla": "?", "ips": "error", "note": out["error"]}]
-    grouped = arch != "resnet50"
+    grouped = MODEL_SPECS[arch].groups > 1
     labels = {"off": ("off", "split" if grouped else "-"), "off-native": ("off", "native"),
               "on": ("on", "native" if grouped else "-")}  # fmt: skip
     rows = []

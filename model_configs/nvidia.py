@@ -14,8 +14,10 @@ from tfconvnets.models import MODEL_SPECS, ModelConfig
 from tfconvnets.optimization import OptimizationConfig
 
 # NVIDIA's weight decay per arch: 1/32768 for ResNet-50, 1/16384 for the 101-layer models.
+# NVIDIA has no ResNet-26; it takes ResNet-50's recipe.
 WEIGHT_DECAY = types.MappingProxyType(
     {
+        "resnet26": 3.0517578125e-05,
         "resnet50": 3.0517578125e-05,
         "resnext101-32x4d": 6.103515625e-05,
         "se-resnext101-32x4d": 6.103515625e-05,

@@ -13,6 +13,17 @@ HOROVODRUN = VENV_BIN / "horovodrun"
 # Keras on JAX without TensorFlow (scripts/setup_jax_env.sh, run by `make test`).
 JAX_PYTHON = Path(os.environ.get("JAX_VENV", REPO_ROOT / ".venv-jax")) / "bin" / "python"
 
+# The arch of end-to-end runs that test the runtime, not the model: ResNet-50's blocks, two per
+# stage, at about half its build, trace and step time. The models are proven in test_models,
+# test_convert and test_deploy; scripts/demo.sh (the `demo_run` fixture) trains DEMO_ARCH.
+SMOKE_ARCH = "resnet26"
+DEMO_ARCH = "resnet50"
+
+
+def with_arch(args: list[str], arch: str) -> list[str]:
+    """`args` with `--arch=arch` in place of their `--arch=...`."""
+    return [f"--arch={arch}" if a.startswith("--arch=") else a for a in args]
+
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a child process: TF quiet, Gloo on the loopback interface, Horovod

@@ -16,12 +16,19 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.launch import HOROVODRUN, REPO_ROOT, mpirun_root_env, run, subprocess_env
+from tests.launch import (
+    HOROVODRUN,
+    REPO_ROOT,
+    SMOKE_ARCH,
+    mpirun_root_env,
+    run,
+    subprocess_env,
+)
 from tfconvnets import checkpoints
 from tfconvnets.dllogger import read_log
 
 SMALL = [
-    "--arch=resnet50", "--image_size=32", "--num_classes=10", "--batch_size=8",
+    f"--arch={SMOKE_ARCH}", "--image_size=32", "--num_classes=10", "--batch_size=8",
     "--display_every=1", "--noprogress_bar", "--num_threads=1", "--noamp",
 ]  # fmt: skip
 SLURM_SCRIPT = REPO_ROOT / "examples" / "slurm" / "one_node_8gpu.sbatch"

@@ -120,7 +120,7 @@ LAYOUT_SAMPLES = {
     "stage2_block1_conv2/kernel": "layer2.0.conv2.weight",  # stride 2; grouped in ResNeXt
     "stage4_block1_shortcut_conv/kernel": "layer4.0.downsample.0.weight",
     "stage1_block1_shortcut_bn/gamma": "layer1.0.downsample.1.weight",
-    "stage3_block4_bn3/beta": "layer3.3.bn3.bias",
+    "stage4_block2_bn3/beta": "layer4.1.bn3.bias",
     "stage3_block2_bn1/moving_mean": "layer3.1.bn1.running_mean",
     "classifier/bias": "fc.bias",
 }
@@ -341,7 +341,7 @@ def test_cli_rejects_unknown_arch(tmp_path):
     save_file({"fc.weight": np.zeros((2, 2048), np.float32)}, str(src))
     result = convert_cli("--arch=resnet101", f"--src={src}", "--format=timm", f"--out={tmp_path}")
     assert result.returncode == 2
-    assert "error: --arch='resnet101' is unknown; use one of resnet50" in result.stderr
+    assert "error: --arch='resnet101' is unknown; use one of resnet26, resnet50" in result.stderr
 
 
 # --- SavedModel export ------------------------------------------------------------------------
@@ -426,6 +426,7 @@ for name in names:
 
 # name for the reference process -> (arch, --format, file suffix)
 REFERENCES = {
+    "timm:resnet26": ("resnet26", "timm", ".safetensors"),
     "timm:resnet50": ("resnet50", "timm", ".safetensors"),
     "timm:resnext101_32x4d": ("resnext101-32x4d", "timm", ".safetensors"),
     "timm:seresnext101_32x4d": ("se-resnext101-32x4d", "timm", ".safetensors"),

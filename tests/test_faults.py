@@ -21,13 +21,21 @@ import numpy as np
 import pytest
 
 from runtime.checkpointing import PREEMPTED_FILE
-from tests.launch import HOROVODRUN, REPO_ROOT, run, subprocess_env
+from tests.launch import (
+    DEMO_ARCH,
+    HOROVODRUN,
+    REPO_ROOT,
+    SMOKE_ARCH,
+    run,
+    subprocess_env,
+    with_arch,
+)
 from tests.test_trainer import tiny_model
 from tfconvnets import checkpoints
 from tfconvnets.dllogger import read_log
 
 SYNTHETIC_TRAIN = [
-    "--arch=resnet50", "--image_size=32", "--num_classes=10", "--batch_size=4",
+    f"--arch={SMOKE_ARCH}", "--image_size=32", "--num_classes=10", "--batch_size=4",
     "--data_backend=synthetic", "--mode=train", "--noprogress_bar", "--iter_unit=batch",
     "--warmup_steps=0", "--lr_warmup_epochs=0", "--seed=3",
 ]  # fmt: skip
@@ -312,7 +320,7 @@ def test_a_killed_worker_ends_the_job_quickly(tmp_path):
 
 @pytest.fixture
 def trained_model_dir(demo_run, tmp_path) -> Path:
-    """A copy of the two newest checkpoints of the demo's resnet50 (10 classes, 32 px; steps 88
+    """A copy of the two newest checkpoints of the demo's DEMO_ARCH (10 classes, 32 px; steps 88
     and 132): the faults below need a trained model, not another training run to make one."""
     model_dir = tmp_path / "trained"
     model_dir.mkdir()
@@ -329,7 +337,7 @@ def test_corrupt_latest_checkpoint_is_skipped_and_a_crashed_write_is_ignored(tra
         f.truncate(f.seek(0, os.SEEK_END) // 2)
     (model_dir / ".tmp-ckpt-000000133-123").mkdir()  # what a crash mid-write leaves behind
     again = main_py(
-        *SYNTHETIC_TRAIN,
+        *with_arch(SYNTHETIC_TRAIN, DEMO_ARCH),
         "--num_iter=90",
         "--checkpoint_every=2",
         "--display_every=2",
@@ -473,7 +481,7 @@ def corrupt_record_dir(digits_tfrecords, tmp_path) -> Path:
 
 
 DIGITS = [
-    "--arch=resnet50",
+    f"--arch={SMOKE_ARCH}",
     "--image_size=32",
     "--num_classes=10",
     "--batch_size=8",
@@ -483,7 +491,7 @@ DIGITS = [
 
 def test_a_corrupt_jpeg_is_named(corrupt_record_dir, trained_model_dir):
     out = main_py(
-        *DIGITS,
+        *with_arch(DIGITS, DEMO_ARCH),
         "--mode=evaluate",
         f"--data_dir={corrupt_record_dir}",
         "--data_backend=tf",
@@ -530,7 +538,7 @@ def test_missing_shards_and_empty_data_dir(tmp_path):
 
 
 def test_incompatible_checkpoint_is_refused(trained_model_dir):
-    args = [a for a in SYNTHETIC_TRAIN if not a.startswith("--num_classes")]
+    args = [a for a in with_arch(SYNTHETIC_TRAIN, DEMO_ARCH) if not a.startswith("--num_classes")]
     out = main_py(*args, "--num_classes=7", "--num_iter=200", f"--model_dir={trained_model_dir}")
     assert out.returncode == 2
     assert "num_classes=10" in out.stderr and "num_classes=7" in out.stderr

@@ -10,13 +10,13 @@ import sys
 import pytest
 
 from tests import imagenet_fixtures as fx
-from tests.launch import horovodrun, run
+from tests.launch import SMOKE_ARCH, horovodrun, run
 from tfconvnets import checkpoints
 from tfconvnets.dllogger import read_log
 
 NUM_VAL = 9
 TINY = [
-    "--arch=resnet50", "--image_size=32", f"--num_classes={len(fx.SYNSETS)}", "--batch_size=4",
+    f"--arch={SMOKE_ARCH}", "--image_size=32", f"--num_classes={len(fx.SYNSETS)}", "--batch_size=4",
     "--display_every=1", "--noprogress_bar", "--num_threads=1",
 ]  # fmt: skip
 

@@ -25,18 +25,25 @@ from tfconvnets.models import (
 )
 from tfconvnets.models import resnet as resnet_module
 
-ARCHS = ("resnet50", "resnext101-32x4d", "se-resnext101-32x4d")
+ARCHS = ("resnet26", "resnet50", "resnext101-32x4d", "se-resnext101-32x4d")
 SMALL_SHAPE = (32, 32, 3)
 
 # torchvision / timm parameter counts with 1000 classes.
 EXPECTED_TRAINABLE_PARAMS = {
+    "resnet26": 15_995_176,
     "resnet50": 25_557_032,
     "resnext101-32x4d": 44_177_704,
     "se-resnext101-32x4d": 48_955_416,
 }
 # Published forward GMACs at 224 (timm); count_macs leaves out BN / elementwise ops.
-EXPECTED_MACS = {"resnet50": 4.11e9, "resnext101-32x4d": 8.01e9, "se-resnext101-32x4d": 8.02e9}
+EXPECTED_MACS = {
+    "resnet26": 2.36e9,
+    "resnet50": 4.11e9,
+    "resnext101-32x4d": 8.01e9,
+    "se-resnext101-32x4d": 8.02e9,
+}
 DEPTHS = {
+    "resnet26": (2, 2, 2, 2),
     "resnet50": (3, 4, 6, 3),
     "resnext101-32x4d": (3, 4, 23, 3),
     "se-resnext101-32x4d": (3, 4, 23, 3),
@@ -64,7 +71,7 @@ class _ModelCache(dict):
 
 @pytest.fixture(scope="module")
 def full_models() -> dict[str, keras.Model]:
-    """The three models at 224x224 with 1000 classes, shared by the module's tests."""
+    """The models at 224x224 with 1000 classes, shared by the module's tests."""
     return _ModelCache()
 
 
@@ -221,7 +228,7 @@ def test_v1_5_strides_and_symmetric_padding(full_models, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_layer_configs(full_models, arch):
     model = full_models[arch]
-    groups = 1 if arch == "resnet50" else 32
+    groups = resnet_module.MODEL_SPECS[arch].groups
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             assert layer.momentum == pytest.approx(0.9) and layer.epsilon == pytest.approx(1e-5)

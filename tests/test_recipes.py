@@ -19,7 +19,7 @@ from model_configs import resolve_config
 from runtime.checkpointing import CheckpointManager
 from runtime.factory import build_training
 from runtime.flags import define_flags, given_values
-from tests.launch import run
+from tests.launch import SMOKE_ARCH, run
 from tests.test_trainer import (
     BATCH,
     CLASSES,
@@ -409,7 +409,7 @@ def test_every_recipe_feature_trains_the_digits_through_main_py(
     model_dir, export_dir = tmp_path / "model", tmp_path / "export"
     proc = run(
         [
-            sys.executable, "main.py", "--mode=train_and_evaluate", "--arch=resnet50",
+            sys.executable, "main.py", "--mode=train_and_evaluate", f"--arch={SMOKE_ARCH}",
             f"--data_dir={small_digits_tfrecords}", f"--data_backend={backend}",
             "--dali_device=cpu", "--num_classes=10", "--image_size=32", "--batch_size=8",
             "--num_iter=2", "--iter_unit=epoch", "--lr_warmup_epochs=0", "--crop_area_min=0.5",

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.launch import horovodrun, run, subprocess_env
+from tests.launch import DEMO_ARCH, SMOKE_ARCH, horovodrun, run, subprocess_env, with_arch
 from tfconvnets import checkpoints
 from tfconvnets.dllogger import read_log
 
 SMALL = [
-    "--arch=resnet50", "--image_size=32", "--num_classes=10", "--batch_size=8",
+    f"--arch={SMOKE_ARCH}", "--image_size=32", "--num_classes=10", "--batch_size=8",
     "--display_every=5", "--noprogress_bar", "--num_threads=1",
 ]  # fmt: skip
 
@@ -31,7 +31,12 @@ def test_evaluate_predict_and_export_from_the_trained_checkpoint(demo_run, tmp_p
     predicted with by separate commands, as a user would after training."""
     model_dir = demo_run["out_dir"] / "model"
     data_dir = demo_run["out_dir"] / "tfrecords"
-    common = [*SMALL, f"--model_dir={model_dir}", f"--data_dir={data_dir}", "--data_backend=tf"]
+    common = [
+        *with_arch(SMALL, DEMO_ARCH),
+        f"--model_dir={model_dir}",
+        f"--data_dir={data_dir}",
+        "--data_backend=tf",
+    ]
     export_dir = tmp_path / "export"
     evaluated = main_py(
         *common, "--mode=evaluate", f"--results_dir={tmp_path}", f"--export_dir={export_dir}",
@@ -41,8 +46,8 @@ def test_evaluate_predict_and_export_from_the_trained_checkpoint(demo_run, tmp_p
     # One command writes every format asked for (ONNX parity is tests/test_deploy.py's).
     assert (export_dir / "saved_model.pb").is_file() and (export_dir / "model.onnx").is_file()
     assert sorted(p.name for p in (export_dir / "triton").iterdir()) == [
-        "resnet50",
-        "resnet50_uint8",
+        DEMO_ARCH,
+        f"{DEMO_ARCH}_uint8",
     ]
     summary = [r["data"] for r in read_log(tmp_path / "log.json") if r["step"] == []][-1]
     assert summary["eval_examples"] == 360

@@ -363,7 +363,9 @@ def convert(
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("arch", None, "Model: resnet50, resnext101-32x4d or se-resnext101-32x4d.")
+    from tfconvnets.models.specs import MODEL_SPECS
+
+    flags.DEFINE_string("arch", None, f"Model: {', '.join(MODEL_SPECS)}.")
     flags.DEFINE_string("src", None, "State dict to import: .safetensors, or .pth with PyTorch.")
     flags.DEFINE_string("format", None, f"Whose names the state dict uses: {SOURCE_FORMATS}.")
     flags.DEFINE_string("out", None, "Directory for the checkpoint (ckpt-000000000 inside).")

@@ -1,4 +1,4 @@
-"""Model zoo: ResNet-50 v1.5, ResNeXt101-32x4d, SE-ResNeXt101-32x4d (pure Keras 3).
+"""Model zoo: ResNet-50 v1.5, ResNeXt101-32x4d, SE-ResNeXt101-32x4d, ResNet-26 (pure Keras 3).
 
 The specs and the config section load without Keras; the builders import Keras (and with it
 TensorFlow or JAX) on first use, so that flags and their errors never wait for a backend.

@@ -1,4 +1,5 @@
-"""ResNet-50 v1.5, ResNeXt101-32x4d and SE-ResNeXt101-32x4d, one builder driven by specs.
+"""ResNet-50 v1.5, ResNeXt101-32x4d, SE-ResNeXt101-32x4d (and ResNet-26), one builder driven by
+specs.
 
 Pure Keras 3 (``keras``, ``keras.layers``, ``keras.ops``, numpy): the models build under the
 TensorFlow and the JAX backends alike.
