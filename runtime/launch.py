@@ -91,9 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    for signum in FORWARDED:
-        signal.signal(signum, forward)
-    returncode = launcher.wait()
+    previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
+    try:
+        returncode = launcher.wait()
+    finally:  # a caller in process (the tests) gets its own handlers back
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return exit_code(returncode, model_dir_of(argv), started)
 
 

@@ -248,9 +248,11 @@ def test_a_cancelled_job_script_checkpoints_and_exits_75_through_tfconvnets_laun
 
 
 def test_the_launch_wrapper_passes_other_exit_codes_on(tmp_path):
-    from runtime.launch import exit_code, main, model_dir_of
+    from runtime.launch import FORWARDED, exit_code, main, model_dir_of
 
+    handlers = {s: signal.getsignal(s) for s in FORWARDED}
     assert main(["--", sys.executable, "-c", "raise SystemExit(3)"]) == 3
+    assert {s: signal.getsignal(s) for s in FORWARDED} == handlers  # given back
     assert main([sys.executable, "-c", "pass"]) == 0
     assert model_dir_of(["python", "main.py", "--model_dir", "/a"]) == Path("/a")
     assert model_dir_of(["python", "main.py", "--model_dir=/b"]) == Path("/b")
@@ -352,9 +354,9 @@ def test_corrupt_latest_checkpoint_is_skipped_and_a_crashed_write_is_ignored(tra
 def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
     model_dir = tmp_path / "small_disk"
     model_dir.mkdir()
-    # One checkpoint of this model is ~190 MB (weights + momentum); 300 MB holds one, not two.
+    # One checkpoint of this model is ~128 MB (weights + momentum); 200 MB holds one, not two.
     if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(model_dir)]
+        ["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(model_dir)]
     ).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
