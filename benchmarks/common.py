@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tfconvnets.console import hide_tensorflow_cpp_log
+from tfconvnets.console import import_tensorflow
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_PREFIX = "BENCHMARK_RESULT "  # a child process's one JSON result line starts with this
@@ -142,5 +142,5 @@ def run_child(
 
 
 def quiet_tensorflow() -> None:
-    """No C++ log lines in the benchmark output (set before TensorFlow is imported)."""
-    hide_tensorflow_cpp_log()
+    """TensorFlow loaded without its C++ start-up lines (a child that needs it calls this first)."""
+    import_tensorflow()

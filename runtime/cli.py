@@ -6,7 +6,7 @@ import sys
 
 from absl import app, flags
 
-from tfconvnets.console import hide_tensorflow_cpp_log
+from tfconvnets.console import import_tensorflow, onednn_setting, show_tensorflow_cpp_log
 
 
 def _main(argv: list[str]) -> None:
@@ -17,6 +17,10 @@ def _main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         config = config_from_flags(flags.FLAGS)
+        onednn_setting()  # an unknown TF_ENABLE_ONEDNN_OPTS is refused before TensorFlow loads
+        if flags.FLAGS.verbosity >= 1:
+            show_tensorflow_cpp_log()
+        import_tensorflow()
         from runtime.modes import run
         from runtime.preemption import TrainingStopped
 
@@ -31,7 +35,6 @@ def _main(argv: list[str]) -> None:
 
 
 def main() -> None:
-    hide_tensorflow_cpp_log()
     from runtime.flags import define_flags
 
     define_flags()

@@ -7,10 +7,12 @@ import os
 from pathlib import Path
 
 import keras
+from absl import logging
 
 from runtime.config import RunConfig
 from runtime.distributed import Distributed, configure_devices
 from runtime.reporting import Reporter, tensorboard_dir
+from tfconvnets.console import onednn_setting
 from tfconvnets.errors import UserError
 
 
@@ -38,6 +40,7 @@ def start(config: RunConfig) -> Context:
     keras.utils.set_random_seed(config.loop.seed)
     training = config.run.training
     if dist.is_chief:
+        logging.info("%s", onednn_setting().describe())
         if training:  # before results_dir, which defaults to it
             check_writable(config.loop.model_dir, "model_dir")
         if config.run.results_dir:

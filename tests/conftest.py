@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import tfconvnets  # noqa: F401  (first: TensorFlow's environment, before any test imports it)
 from tests.launch import run
 
 

@@ -49,6 +49,7 @@ from typing import TextIO
 from absl import app, flags, logging
 from PIL import Image, UnidentifiedImageError
 
+from tfconvnets.console import import_tensorflow
 from tfconvnets.data import index as index_lib
 from tfconvnets.data import labels as labels_lib
 from tfconvnets.data import layouts, records
@@ -159,6 +160,7 @@ def _write_atomic(path: str, text: str) -> None:
 
 def write_shard(task: ShardTask, progress: Callable[[int], None] | None = None) -> ShardResult:
     """Writes one shard (under a temporary name, then renamed), its index and its state."""
+    import_tensorflow()  # a spawned worker's first import of it
     import tensorflow as tf
 
     path = os.path.join(task.output_dir, task.name)
