@@ -35,6 +35,7 @@ TRAINING_MODES = ("train", "train_and_evaluate")
 MODES_NEEDING_DATA = ("train", "train_and_evaluate", "evaluate")
 MODES_NEEDING_MODEL_DIR = ("train", "train_and_evaluate", "evaluate", "predict")
 AMP_DTYPES = ("float16", "bfloat16")
+DISTRIBUTIONS = ("horovod", "tensorflow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +108,18 @@ class ComputeConfig(Section):
         choices=AMP_DTYPES,
     )
     fp16_allreduce: bool = option(False, "Compress gradients to fp16 for the allreduce.")
+    distribution: str = option(
+        "horovod",
+        "The engine that averages gradients between processes: horovod (horovodrun, mpirun) or "
+        "tensorflow (TensorFlow's collectives, NCCL on GPUs, ring on the CPU; cluster from "
+        "TF_CONFIG or an srun step; tfconvnets-launch --distribution=tensorflow -np N).",
+        choices=DISTRIBUTIONS,
+    )
+    cluster_timeout_seconds: int = option(
+        300,
+        "--distribution=tensorflow: how long a worker waits for the others to start before it "
+        "ends, naming the addresses it waited for.",
+    )
     intra_op_threads: int = option(0, "CPU threads per process (0: cores / local ranks).")
     stall_check_seconds: int = option(
         60,
@@ -173,6 +186,11 @@ class ComputeConfig(Section):
         require(self.gpu >= -1, "gpu", "must be a CUDA ordinal (>= 0) or -1")
         require(not (self.cpu and self.gpu >= 0), "gpu", "conflicts with --cpu")
         require(self.stall_check_seconds >= 0, "stall_check_seconds", "must be >= 0")
+        require(
+            self.cluster_timeout_seconds > 0,
+            "cluster_timeout_seconds",
+            f"must be positive (a worker never waits forever), got {self.cluster_timeout_seconds}",
+        )
         require(
             self.stall_shutdown_seconds == 0
             or self.stall_check_seconds

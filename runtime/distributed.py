@@ -1,21 +1,55 @@
-"""The Horovod context, passed explicitly to whatever needs rank or size.
+"""The distributed context, passed explicitly to whatever needs rank or size, and the engine
+behind it: Horovod (`--distribution=horovod`, the default) or TensorFlow's own collectives
+(`--distribution=tensorflow`). The Trainer, the checks and the modes see only `Distributed`.
 
-`horovod.tensorflow` is used directly (not `horovod.tensorflow.keras`, which is broken with
-Keras 3). A plain `python main.py` is a Horovod job of size 1.
+Horovod is imported by its engine only, so an environment without it runs the TensorFlow
+engine. `horovod.tensorflow` is used directly (not `horovod.tensorflow.keras`, which is broken
+with Keras 3). A plain `python main.py` is a job of size 1 under either engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import hashlib
+import json
 import os
+import pickle
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-import horovod.tensorflow as hvd
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from runtime import cluster as cluster_lib
+from runtime.config import DISTRIBUTIONS
 from tfconvnets.errors import UserError
+
+
+class Engine(Protocol):
+    """The collectives of a job of more than one process (`Distributed` answers size 1 itself)."""
+
+    name: str
+
+    def connect(self, gpu: bool) -> None: ...
+    def average_gradients(self, grads: list, compress_fp16: bool) -> list: ...
+    def sum(self, tensor: tf.Tensor, name: str) -> tf.Tensor: ...
+    def average(self, tensors: list, name: str) -> list: ...
+    def broadcast_variables(self, variables: list, is_root: bool) -> None: ...
+    def broadcast_object(self, obj: Any, is_root: bool, name: str) -> Any: ...
+    def allgather_object(self, obj: Any, name: str) -> list: ...
+
+
+class Alone:
+    """A process on its own: nothing to talk to."""
+
+    name = "none"
+
+    def connect(self, gpu: bool) -> None:
+        pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,21 +58,38 @@ class Distributed:
     size: int
     local_rank: int
     local_size: int
+    engine: Engine = dataclasses.field(default_factory=Alone, compare=False, repr=False)
 
     @property
     def is_chief(self) -> bool:
         return self.rank == 0
 
     @classmethod
-    def init(cls, *, stall_check_seconds: int = 60, stall_shutdown_seconds: int = 0) -> Distributed:
-        """Joins the Horovod job. A rank that stops taking part (stuck but alive) is named by
-        Horovod's stall inspector after `stall_check_seconds`, and the job ends after
-        `stall_shutdown_seconds` (read by Horovod from its environment at init)."""
-        os.environ["HOROVOD_STALL_CHECK_DISABLE"] = "0" if stall_check_seconds else "1"
-        os.environ["HOROVOD_STALL_CHECK_TIME_SECONDS"] = str(stall_check_seconds or 60)
-        os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = str(stall_shutdown_seconds)
-        hvd.init()
-        return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+    def init(
+        cls,
+        distribution: str = "horovod",
+        *,
+        stall_check_seconds: int = 60,
+        stall_shutdown_seconds: int = 0,
+        cluster_timeout_seconds: float = 300,
+        environ: Mapping[str, str] | None = None,
+    ) -> Distributed:
+        """This process's place in the job. No collective runs until `connect`, which comes
+        after the devices are configured (TensorFlow's engine initializes TensorFlow)."""
+        environ = os.environ if environ is None else environ
+        if distribution == "horovod":
+            return HorovodEngine.join(cls, stall_check_seconds, stall_shutdown_seconds, environ)
+        if distribution == "tensorflow":
+            found = cluster_lib.from_environment(environ)
+            if found is None or found.size == 1:
+                return cls(0, 1, 0, 1, TensorFlowEngine(found, cluster_timeout_seconds))
+            engine = TensorFlowEngine(found, cluster_timeout_seconds)
+            return cls(found.rank, found.size, found.local_rank, found.local_size, engine)
+        raise UserError(f"--distribution: one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
+
+    def connect(self, *, gpu: bool) -> None:
+        """Joins the other processes (a no-op for Horovod, which joined in `init`)."""
+        self.engine.connect(gpu)
 
     def average_gradients(self, grads: list, compress_fp16: bool = False) -> list:
         """Mean over ranks in one fused call; runs outside the XLA-compiled part of the step.
@@ -48,45 +99,225 @@ class Distributed:
         """
         if self.size == 1:
             return grads
-        if compress_fp16:
-            return hvd.grouped_allreduce(
-                grads, op=hvd.Sum, compression=hvd.Compression.fp16, prescale_factor=1.0 / self.size
-            )
-        return hvd.grouped_allreduce(grads, op=hvd.Average)
+        return self.engine.average_gradients(grads, compress_fp16)
 
     def sum(self, tensor: tf.Tensor, name: str) -> tf.Tensor:
         if self.size == 1:
             return tensor
-        return hvd.allreduce(tensor, op=hvd.Sum, name=name)
+        return self.engine.sum(tensor, name)
 
     def average_variables(self, variables: list, name: str) -> None:
         """Sets each variable to its mean over ranks (for BN statistics, which no gradient syncs)."""
         if self.size == 1 or not variables:
             return
-        averaged = hvd.grouped_allreduce([v.value for v in variables], op=hvd.Average, name=name)
+        averaged = self.engine.average([v.value for v in variables], name)
         for v, value in zip(variables, averaged, strict=True):
             v.assign(value)
 
     def broadcast_variables(self, variables: list) -> None:
         """Rank 0's values everywhere. Keras 3 variables are passed as their backing tf.Variables."""
-        if self.size > 1 and variables:
-            hvd.broadcast_variables([getattr(v, "value", v) for v in variables], root_rank=0)
+        if self.size == 1 or not variables:
+            return
+        self.engine.broadcast_variables([getattr(v, "value", v) for v in variables], self.is_chief)
 
     def broadcast_object(self, obj, name: str):
         if self.size == 1:
             return obj
-        return hvd.broadcast_object(obj, root_rank=0, name=name)
+        return self.engine.broadcast_object(obj, self.is_chief, name)
 
     def allgather_object(self, obj, name: str) -> list:
         if self.size == 1:
             return [obj]
-        return hvd.allgather_object(obj, name=name)
+        return self.engine.allgather_object(obj, name)
 
     def any(self, flag: bool, name: str) -> bool:
         """True on every rank if it is True on any rank (a collective: all ranks must call it)."""
         if self.size == 1:
             return flag
         return bool(self.sum(tf.constant(int(flag), tf.int32), name=name).numpy() > 0)
+
+    def barrier(self, name: str = "barrier") -> None:
+        """Returns once every rank has called it."""
+        if self.size > 1:
+            self.sum(tf.constant(0, tf.int32), name=name).numpy()
+
+
+class HorovodEngine:
+    name = "horovod"
+
+    def __init__(self, hvd) -> None:
+        self.hvd = hvd
+
+    @staticmethod
+    def join(cls, stall_check_seconds: int, stall_shutdown_seconds: int, environ) -> Distributed:
+        """Joins the Horovod job. A rank that stops taking part (stuck but alive) is named by
+        Horovod's stall inspector after `stall_check_seconds`, and the job ends after
+        `stall_shutdown_seconds` (read by Horovod from its environment at init)."""
+        try:
+            import horovod.tensorflow as hvd
+        except Exception as e:  # ImportError, or a build that does not match TensorFlow
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(
+                f"--distribution=horovod: Horovod cannot be imported here ({first}); build it "
+                "with `make setup` (scripts/setup_env.sh without TFCONVNETS_HOROVOD=0), or "
+                "train with --distribution=tensorflow, which needs no Horovod"
+            ) from None
+        os.environ["HOROVOD_STALL_CHECK_DISABLE"] = "0" if stall_check_seconds else "1"
+        os.environ["HOROVOD_STALL_CHECK_TIME_SECONDS"] = str(stall_check_seconds or 60)
+        os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = str(stall_shutdown_seconds)
+        hvd.init()
+        if hvd.size() == 1:
+            described = _tf_config_workers(environ)
+            if described > 1:  # a TensorFlow launcher's process would train alone
+                raise UserError(
+                    f"--distribution=horovod, but TF_CONFIG describes {described} workers and "
+                    "Horovod sees one process: pass --distribution=tensorflow (tfconvnets-launch "
+                    "--distribution=tensorflow passes it), or start with horovodrun"
+                )
+        return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), HorovodEngine(hvd))
+
+    def connect(self, gpu: bool) -> None:
+        pass
+
+    def average_gradients(self, grads: list, compress_fp16: bool) -> list:
+        hvd = self.hvd
+        if compress_fp16:
+            return hvd.grouped_allreduce(
+                grads, op=hvd.Sum, compression=hvd.Compression.fp16,
+                prescale_factor=1.0 / hvd.size(),
+            )  # fmt: skip
+        return hvd.grouped_allreduce(grads, op=hvd.Average)
+
+    def sum(self, tensor: tf.Tensor, name: str) -> tf.Tensor:
+        return self.hvd.allreduce(tensor, op=self.hvd.Sum, name=name)
+
+    def average(self, tensors: list, name: str) -> list:
+        return self.hvd.grouped_allreduce(tensors, op=self.hvd.Average, name=name)
+
+    def broadcast_variables(self, variables: list, is_root: bool) -> None:
+        self.hvd.broadcast_variables(variables, root_rank=0)
+
+    def broadcast_object(self, obj, is_root: bool, name: str):
+        return self.hvd.broadcast_object(obj, root_rank=0, name=name)
+
+    def allgather_object(self, obj, name: str) -> list:
+        return self.hvd.allgather_object(obj, name=name)
+
+
+def _tf_config_workers(environ: Mapping[str, str]) -> int:
+    try:
+        return len(json.loads(environ.get("TF_CONFIG") or "{}")["cluster"]["worker"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+class TensorFlowEngine:
+    """TensorFlow's collective all-reduce: NCCL between GPUs, ring over gRPC on the CPU.
+
+    `MultiWorkerMirroredStrategy` starts this worker's gRPC server and the collective runtime;
+    its cross-device reduction (`extended.batch_reduce_to`, public API) is then called directly
+    on the step's tensors, eagerly or inside the Trainer's tf.function. The strategy's scope,
+    `strategy.run` and `model.fit` are not used: the Trainer's loop is one replica per process
+    as under Horovod, and Keras 3's multi-worker `fit` is broken (keras-team/keras#20585).
+    Only SUM and MEAN exist there; a broadcast is a SUM of rank 0's values with zeros from
+    the others (adding zeros is exact), and an object gather a SUM of one row per rank.
+    """
+
+    name = "tensorflow"
+
+    def __init__(self, found: cluster_lib.Cluster | None, timeout: float) -> None:
+        self.cluster, self.timeout = found, timeout
+        self.strategy: tf.distribute.MultiWorkerMirroredStrategy | None = None
+        self.device = ""
+
+    def connect(self, gpu: bool) -> None:
+        if self.cluster is None or self.cluster.size == 1:
+            return
+        found = self.cluster
+        # Plain Python first: a missing worker is named within the time limit.
+        cluster_lib.rendezvous(found, self.timeout)
+        kind = tf.distribute.experimental.CommunicationImplementation
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=kind.NCCL if gpu else kind.RING
+        )
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": list(found.workers)}),
+            task_type="worker", task_id=found.rank, rpc_layer="grpc",
+        )  # fmt: skip
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        # TensorFlow's start waits without a limit for a worker that died since the rendezvous,
+        # holding the GIL: only faulthandler's C thread can end it.
+        print(
+            f"rank {found.rank}: starting TensorFlow's collectives with {found.size} workers "
+            f"({', '.join(found.workers)}); ends after {self.timeout:g} s if one never joins",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+        faulthandler.dump_traceback_later(self.timeout, exit=True)
+        try:
+            self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
+                cluster_resolver=resolver, communication_options=options
+            )
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        # The coordination service installs a SIGTERM handler of its own (for TensorFlow's
+        # preemption checkpointing), which would leave the process unkillable by SIGTERM.
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self.device = self.strategy.extended.worker_devices[0]
+        if found.rank == 0:
+            logging.info(
+                "TensorFlow collectives (%s) over %d workers from %s; this worker's device %s",
+                "NCCL" if gpu else "ring", found.size, found.source, self.device,
+            )  # fmt: skip
+
+    def _reduce(self, op: tf.distribute.ReduceOp, tensors: list) -> list:
+        """One batched collective per dtype (they are packed into one buffer each)."""
+        assert self.strategy is not None, "connect() first"
+        with tf.device(self.device):  # batch_reduce_to packs only tensors placed on its device
+            placed = [tf.identity(t) for t in tensors]
+        out: list = [None] * len(placed)
+        for dtype in dict.fromkeys(t.dtype for t in placed):
+            indices = [i for i, t in enumerate(placed) if t.dtype == dtype]
+            reduced = self.strategy.extended.batch_reduce_to(
+                op, [(placed[i], self.device) for i in indices]
+            )
+            for i, value in zip(indices, reduced, strict=True):
+                out[i] = value
+        return out
+
+    def average_gradients(self, grads: list, compress_fp16: bool) -> list:
+        if compress_fp16:
+            size = self.cluster.size
+            halves = [tf.cast(g / size, tf.float16) for g in grads]
+            summed = self._reduce(tf.distribute.ReduceOp.SUM, halves)
+            return [tf.cast(s, g.dtype) for s, g in zip(summed, grads, strict=True)]
+        return self._reduce(tf.distribute.ReduceOp.MEAN, grads)
+
+    def sum(self, tensor: tf.Tensor, name: str) -> tf.Tensor:
+        return self._reduce(tf.distribute.ReduceOp.SUM, [tensor])[0]
+
+    def average(self, tensors: list, name: str) -> list:
+        return self._reduce(tf.distribute.ReduceOp.MEAN, tensors)
+
+    def broadcast_variables(self, variables: list, is_root: bool) -> None:
+        sent = [tf.convert_to_tensor(v) for v in variables]
+        sent = [t if is_root else tf.zeros_like(t) for t in sent]
+        for v, value in zip(variables, self._reduce(tf.distribute.ReduceOp.SUM, sent), strict=True):
+            v.assign(value)
+
+    def broadcast_object(self, obj, is_root: bool, name: str):
+        return self.allgather_object(obj if is_root else None, name)[0]
+
+    def allgather_object(self, obj, name: str) -> list:
+        size, rank = self.cluster.size, self.cluster.rank
+        data = np.frombuffer(pickle.dumps(obj), np.uint8)
+        lengths = np.zeros([size], np.int64)
+        lengths[rank] = len(data)
+        lengths = self.sum(tf.constant(lengths), name).numpy()
+        rows = np.zeros([size, int(lengths.max())], np.int32)
+        rows[rank, : len(data)] = data
+        rows = self.sum(tf.constant(rows), name).numpy().astype(np.uint8)
+        return [pickle.loads(rows[r, : lengths[r]].tobytes()) for r in range(size)]
 
 
 def check_identical(dist: Distributed, variables: list, step: int) -> str:

@@ -1,4 +1,4 @@
-"""Process set-up shared by the modes: Horovod, devices, precision, seeds, outputs."""
+"""Process set-up shared by the modes: the distributed engine, devices, precision, seeds, outputs."""
 
 from __future__ import annotations
 
@@ -28,12 +28,15 @@ class Context:
 def start(config: RunConfig) -> Context:
     """Joins the job, takes this rank's devices, and resolves what depends on them (XLA is on
     with a GPU and off on a CPU unless --xla/--noxla says otherwise)."""
-    dist = Distributed.init(
-        stall_check_seconds=config.compute.stall_check_seconds,
-        stall_shutdown_seconds=config.compute.stall_shutdown_seconds,
-    )
     compute = config.compute
+    dist = Distributed.init(
+        compute.distribution,
+        stall_check_seconds=compute.stall_check_seconds,
+        stall_shutdown_seconds=compute.stall_shutdown_seconds,
+        cluster_timeout_seconds=compute.cluster_timeout_seconds,
+    )
     gpu_id = configure_devices(dist, compute.intra_op_threads, cpu=compute.cpu, gpu=compute.gpu)
+    dist.connect(gpu=gpu_id is not None)  # after the devices: it may initialize TensorFlow
     xla = gpu_id is not None if config.compute.xla is None else config.compute.xla
     config = dataclasses.replace(config, compute=config.compute.replace(xla=xla, gpu_id=gpu_id))
     keras.mixed_precision.set_dtype_policy(config.compute.dtype_policy)
