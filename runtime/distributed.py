@@ -78,12 +78,13 @@ class Distributed:
         after the devices are configured (TensorFlow's engine initializes TensorFlow)."""
         environ = os.environ if environ is None else environ
         if distribution == "horovod":
-            return HorovodEngine.join(cls, stall_check_seconds, stall_shutdown_seconds, environ)
+            hvd = HorovodEngine.start(stall_check_seconds, stall_shutdown_seconds, environ)
+            return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), hvd)
         if distribution == "tensorflow":
-            found = cluster_lib.from_environment(environ)
-            if found is None or found.size == 1:
-                return cls(0, 1, 0, 1, TensorFlowEngine(found, cluster_timeout_seconds))
+            found = cluster_lib.from_environment(environ)  # plain Python: checked before TF
             engine = TensorFlowEngine(found, cluster_timeout_seconds)
+            if found is None:
+                return cls(0, 1, 0, 1, engine)
             return cls(found.rank, found.size, found.local_rank, found.local_size, engine)
         raise UserError(f"--distribution: one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
 
@@ -148,8 +149,22 @@ class HorovodEngine:
     def __init__(self, hvd) -> None:
         self.hvd = hvd
 
-    @staticmethod
-    def join(cls, stall_check_seconds: int, stall_shutdown_seconds: int, environ) -> Distributed:
+    def rank(self) -> int:
+        return self.hvd.rank()
+
+    def size(self) -> int:
+        return self.hvd.size()
+
+    def local_rank(self) -> int:
+        return self.hvd.local_rank()
+
+    def local_size(self) -> int:
+        return self.hvd.local_size()
+
+    @classmethod
+    def start(
+        cls, stall_check_seconds: int, stall_shutdown_seconds: int, environ: Mapping[str, str]
+    ) -> HorovodEngine:
         """Joins the Horovod job. A rank that stops taking part (stuck but alive) is named by
         Horovod's stall inspector after `stall_check_seconds`, and the job ends after
         `stall_shutdown_seconds` (read by Horovod from its environment at init)."""
@@ -174,7 +189,7 @@ class HorovodEngine:
                     "Horovod sees one process: pass --distribution=tensorflow (tfconvnets-launch "
                     "--distribution=tensorflow passes it), or start with horovodrun"
                 )
-        return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), HorovodEngine(hvd))
+        return cls(hvd)
 
     def connect(self, gpu: bool) -> None:
         pass
