@@ -11,6 +11,13 @@ from runtime.distributed import Distributed
 from tfconvnets.training import decayed_kernels, l2_penalty, mix_batch
 
 
+class UpdateOutcome(NamedTuple):
+    """What became of one update, as device booleans."""
+
+    loss_finite: tf.Tensor
+    applied: tf.Tensor  # False: the averaged gradients were non-finite and the update skipped
+
+
 class StepLosses(NamedTuple):
     """This rank's losses for one batch, as device tensors (reading one waits for the step)."""
 
@@ -26,11 +33,17 @@ class TrainStep:
     Non-finite averaged gradients are never applied: the loss-scale optimizer skips them and
     lowers its scale under float16, and this step skips them in float32/bfloat16 and under a
     fixed loss scale (`static_loss_scale`: the loss is multiplied by it, the gradients divided
-    by it, and it never changes). The streak of
-    consecutive bad steps (non-finite loss, or in float32/bfloat16 non-finite gradients) stays
-    on the device, read only when the loop syncs anyway. So does the first step whose labels
-    fall outside [0, num_classes): `tf.one_hot` would silently turn them into all-zero targets,
-    and DALI's GPU pipeline hands labels to the step unchecked.
+    by it, and it never changes). A skipped update leaves the weights, the momentum and the
+    averages untouched; `skipped_updates` counts them under every precision.
+
+    A step is bad when its loss is non-finite, or when its gradients are and no dynamic scale
+    is there to lower (float32/bfloat16, or a fixed scale: there the same gradients would
+    overflow again). The streak of consecutive bad steps, the longest streak and the step it
+    began at stay on the device, read only when the loop syncs anyway
+    (runtime/numerics.py stops the run when the streak reaches --max_nonfinite_steps). So
+    does the first step whose labels fall outside [0, num_classes): `tf.one_hot` would
+    silently turn them into all-zero targets, and DALI's GPU pipeline hands labels to the
+    step unchecked.
 
     With `accumulation_steps` k > 1, `accumulate` adds the gradients (and losses) of each of
     the first k - 1 batches of an update into variables on the device; the call on the k-th
@@ -76,6 +89,13 @@ class TrainStep:
         self.nonfinite_streak = tf.Variable(0, trainable=False, dtype=tf.int64)
         self.worst_streak = tf.Variable(0, trainable=False, dtype=tf.int64)
         self.first_nonfinite_step = tf.Variable(-1, trainable=False, dtype=tf.int64)
+        # The current streak's first step and whether all its losses were finite (gradients
+        # overflowed, the loss did not), and the same of the longest streak.
+        self._streak_start = tf.Variable(-1, trainable=False, dtype=tf.int64)
+        self._streak_losses_finite = tf.Variable(True, trainable=False)
+        self.worst_streak_start = tf.Variable(-1, trainable=False, dtype=tf.int64)
+        self.worst_streak_losses_finite = tf.Variable(True, trainable=False)
+        self.skipped_updates = tf.Variable(0, trainable=False, dtype=tf.int64)
         self.first_bad_label_step = tf.Variable(-1, trainable=False, dtype=tf.int64)
         self._schedule_step = schedule_step
         self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=xla)
@@ -138,6 +158,16 @@ class TrainStep:
             grads = [g / tf.cast(self._static_loss_scale, g.dtype) for g in grads]
         return StepLosses(loss, cross_entropy), grads
 
+    @property
+    def static_loss_scale(self) -> float | None:
+        return self._static_loss_scale
+
+    def loss_scale(self) -> float | None:
+        """The loss scale in effect now: the fixed one, the dynamic one, or None (none)."""
+        if self._handles_nonfinite:
+            return float(self._optimizer.dynamic_scale.numpy())
+        return self._static_loss_scale
+
     def _step_fn(self, images, labels, step):
         k = self.accumulation_steps
         images, targets = self._mixed_targets(images, labels, step, k - 1)
@@ -147,8 +177,8 @@ class TrainStep:
         grads = self._dist.average_gradients(grads, self._fp16_allreduce)
         if self._schedule_step is not None:
             self._schedule_step.assign(tf.cast(step, tf.int64))
-        finite = self._apply_update(losses.total, grads)
-        self._track_nonfinite(finite, step)
+        update = self._apply_update(losses.total, grads)
+        self._track_nonfinite(update, step)
         return losses
 
     def _take_accumulated(self, grads, losses):
@@ -161,16 +191,18 @@ class TrainStep:
         self._accumulated_losses.assign(tf.zeros([2]))
         return grads, StepLosses(mean[0], mean[1])
 
-    def _apply_update_fn(self, total_loss, grads):
-        """Applies finite averaged gradients; returns whether the loss and update were finite."""
+    def _apply_update_fn(self, total_loss, grads) -> UpdateOutcome:
+        """Applies finite averaged gradients and skips non-finite ones."""
         variables = self._model.trainable_variables
-        finite = tf.math.is_finite(total_loss)
+        loss_finite = tf.math.is_finite(total_loss)
         if self._handles_nonfinite:  # the loss-scale optimizer skips and lowers its scale
+            # It advances `iterations` only when it applies (its inner optimizer's counter).
+            before = tf.identity(self._optimizer.iterations)
             self._optimizer.apply(grads, variables)
-            return finite
+            return UpdateOutcome(loss_finite, self._optimizer.iterations > before)
         finite_grads = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
         tf.cond(finite_grads, lambda: self._apply(grads, variables), lambda: tf.no_op())
-        return tf.logical_and(finite, finite_grads)
+        return UpdateOutcome(loss_finite, finite_grads)
 
     def _apply(self, grads, variables):
         self._optimizer.apply(grads, variables)
@@ -183,14 +215,31 @@ class TrainStep:
             tf.where(first, tf.cast(step, tf.int64), self.first_bad_label_step)
         )
 
-    def _track_nonfinite(self, finite, step):
-        streak = tf.where(finite, tf.constant(0, tf.int64), self.nonfinite_streak + 1)
+    def _track_nonfinite(self, update: UpdateOutcome, step):
+        step = tf.cast(step, tf.int64)
+        self.skipped_updates.assign_add(tf.cast(tf.logical_not(update.applied), tf.int64))
+        # Under a dynamic scale an overflow is not a bad step: the scale was lowered for the
+        # next one. Without one (float32/bfloat16, a fixed scale) it would recur.
+        good = update.loss_finite
+        if not self._handles_nonfinite:
+            good = tf.logical_and(good, update.applied)
+        streak = tf.where(good, tf.constant(0, tf.int64), self.nonfinite_streak + 1)
         self.nonfinite_streak.assign(streak)
-        self.worst_streak.assign(tf.maximum(self.worst_streak, streak))
-        first_of_streak = tf.logical_and(tf.equal(streak, 1), self.first_nonfinite_step < 0)
-        self.first_nonfinite_step.assign(
-            tf.where(first_of_streak, tf.cast(step, tf.int64), self.first_nonfinite_step)
+        starts = tf.equal(streak, 1)
+        self._streak_start.assign(tf.where(starts, step, self._streak_start))
+        self._streak_losses_finite.assign(
+            tf.logical_and(tf.logical_or(starts, self._streak_losses_finite), update.loss_finite)
         )
+        longest = streak > self.worst_streak
+        self.worst_streak.assign(tf.maximum(self.worst_streak, streak))
+        self.worst_streak_start.assign(
+            tf.where(longest, self._streak_start, self.worst_streak_start)
+        )
+        self.worst_streak_losses_finite.assign(
+            tf.where(longest, self._streak_losses_finite, self.worst_streak_losses_finite)
+        )
+        first_of_streak = tf.logical_and(starts, self.first_nonfinite_step < 0)
+        self.first_nonfinite_step.assign(tf.where(first_of_streak, step, self.first_nonfinite_step))
 
 
 class EvalStep:

@@ -397,9 +397,14 @@ def test_diverging_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_pat
         assert all(np.isfinite(a).all() for a in arrays.values()), path
 
 
-@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
-def test_a_nan_batch_is_skipped_and_lowers_the_loss_scale(policy):
-    """A NaN in the input makes the gradients non-finite: the step must leave the weights alone."""
+@pytest.mark.parametrize(
+    "policy, static_scale",
+    [("float32", None), ("mixed_float16", None), ("mixed_float16", 128.0)],
+    ids=["float32", "mixed_float16-dynamic", "mixed_float16-static128"],
+)
+def test_a_nan_batch_is_skipped_and_lowers_the_loss_scale(policy, static_scale):
+    """A NaN in the input makes the gradients non-finite: the step must leave the weights (and
+    the momentum) alone. A dynamic scale is halved; a fixed one stays, and the step counts."""
     import keras
     import tensorflow as tf
 
@@ -408,31 +413,136 @@ def test_a_nan_batch_is_skipped_and_lowers_the_loss_scale(policy):
     from tfconvnets.models import create_model
     from tfconvnets.training import make_optimizer
 
+    dynamic = policy == "mixed_float16" and not static_scale
     keras.mixed_precision.set_dtype_policy(policy)
     try:
         if policy == "float32":
             model = tiny_model(num_classes=10)  # the zoo's builder, a fraction of the work
         else:  # in float16 the tiny model's CPU ReLU turns a NaN input into 0 (measured)
             model = create_model("resnet50", 10, input_shape=(32, 32, 3), seed=0)
-        optimizer = make_optimizer(0.1, momentum=0.875, loss_scaling=policy == "mixed_float16")
+        optimizer = make_optimizer(0.1, momentum=0.875, loss_scaling=dynamic)
         optimizer.build(model.trainable_variables)
         step = TrainStep(model, optimizer, Distributed(0, 1, 0, 1), num_classes=10, weight_decay=0.0,
-                         label_smoothing=0.0, mixup_alpha=0.0, xla=False, fp16_allreduce=False, seed=0)  # fmt: skip
-        images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
-        labels = tf.constant([1, 2, 3, 4])
+                         label_smoothing=0.0, mixup_alpha=0.0, xla=False, fp16_allreduce=False, seed=0,
+                         static_loss_scale=static_scale)  # fmt: skip
+        # 8 images: with 4, stage 4's batch norm normalises over 4 values (1x1 maps at 32 px)
+        # and ResNet-50's first gradients reach ~1300, which overflows 128 (65504 / 128 = 512).
+        images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
+        labels = tf.constant([1, 2, 3, 4] * 2)
         step(tf.constant(images), labels, tf.constant(0, tf.int64))
-        before = [v.numpy().copy() for v in model.trainable_variables]
-        scale_before = float(optimizer.dynamic_scale.numpy()) if policy == "mixed_float16" else None
+        # The dynamic scale starts at 32768, which these gradients (up to 86) overflow: the
+        # first update is skipped and the scale halved, silently, as Keras does it.
+        assert int(step.skipped_updates.numpy()) == (1 if dynamic else 0)
+        state = [*model.trainable_variables, *optimizer.variables]
+        before = [v.numpy().copy() for v in state]
+        scale_before = step.loss_scale()
         images[0, 0, 0, 0] = np.nan
         losses = step(tf.constant(images), labels, tf.constant(1, tf.int64))
         assert not np.isfinite(losses.total.numpy())
-        for a, v in zip(before, model.trainable_variables, strict=True):
-            np.testing.assert_array_equal(a, v.numpy())
+        changed = [v.path for a, v in zip(before, state, strict=True)
+                   if not np.array_equal(a, v.numpy(), equal_nan=True)]  # fmt: skip
+        # Nothing moves but the dynamic scale (halved; its growth counter stays at 0).
+        assert changed == (["loss_scale_optimizer/dynamic_scale"] if dynamic else []), changed
         assert (
             int(step.nonfinite_streak.numpy()) == 1 and int(step.first_nonfinite_step.numpy()) == 1
         )
-        if scale_before is not None:
-            assert float(optimizer.dynamic_scale.numpy()) == scale_before / 2
+        assert int(step.worst_streak_start.numpy()) == 1
+        assert int(step.skipped_updates.numpy()) == (2 if dynamic else 1)
+        assert step.loss_scale() == (scale_before / 2 if dynamic else static_scale)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def fixed_scale_step(scale: float):
+    """The tiny model's train step in mixed_float16 under a fixed loss scale."""
+    import keras
+
+    from runtime.distributed import Distributed
+    from runtime.steps import TrainStep
+    from tfconvnets.training import make_optimizer
+
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    model = tiny_model(num_classes=10)  # the zoo's builder, a fraction of the work
+    optimizer = make_optimizer(0.1, momentum=0.875, loss_scaling=False)  # as the factory does
+    optimizer.build(model.trainable_variables)
+    step = TrainStep(model, optimizer, Distributed(0, 1, 0, 1), num_classes=10, weight_decay=0.0,
+                     label_smoothing=0.0, mixup_alpha=0.0, xla=False, fp16_allreduce=False, seed=0,
+                     static_loss_scale=scale)  # fmt: skip
+    return model, optimizer, step
+
+
+def numerics_guard(step, limit: int):
+    from runtime.distributed import Distributed
+    from runtime.numerics import NumericsGuard
+
+    return NumericsGuard(step, Distributed(0, 1, 0, 1), max_nonfinite_steps=limit,
+                         loss_scaling=True, num_classes=10, data_dir="/data")  # fmt: skip
+
+
+def test_a_fixed_loss_scale_skips_bad_updates_and_stops_when_a_streak_reaches_the_limit():
+    """Under --static_loss_scale a non-finite update is skipped, never applied (NVIDIA's TF1
+    applied it), and a good one ends the streak. The run stops when a streak reaches
+    --max_nonfinite_steps, naming the step that streak began at."""
+    import keras
+    import tensorflow as tf
+
+    from runtime.preemption import TrainingStopped
+
+    try:
+        model, optimizer, step = fixed_scale_step(128.0)
+        guard = numerics_guard(step, limit=2)
+        images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+        bad = images.copy()
+        bad[0, 0, 0, 0] = np.nan
+        labels = tf.constant([1, 2, 3, 4])
+        applied = []
+        for index, batch in enumerate([images, bad, images, bad]):
+            iterations = int(optimizer.iterations.numpy())
+            step(tf.constant(batch), labels, tf.constant(index, tf.int64))
+            applied.append(int(optimizer.iterations.numpy()) > iterations)
+            guard.check(index + 1, None)  # a streak of 1 is below the limit of 2
+        assert applied == [True, False, True, False]
+        assert int(step.skipped_updates.numpy()) == 2 and int(step.worst_streak.numpy()) == 1
+        state = [*model.trainable_variables, *optimizer.variables]
+        before = [v.numpy().copy() for v in state]
+        step(tf.constant(bad), labels, tf.constant(4, tf.int64))
+        for a, v in zip(before, state, strict=True):
+            np.testing.assert_array_equal(a, v.numpy(), err_msg=v.path)
+        with pytest.raises(TrainingStopped) as stopped:
+            guard.check(5, None)
+        assert stopped.value.exit_code == 65
+        # The streak of steps 4 and 5 reached the limit; the one at step 2 did not.
+        assert "at step 4" in str(stopped.value), stopped.value
+        assert "2 consecutive step(s) allowed" in str(stopped.value), stopped.value
+        assert int(step.skipped_updates.numpy()) == 3 and step.loss_scale() == 128.0
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_float16_gradients_that_overflow_a_fixed_scale_name_the_scale_and_what_fits():
+    """A scale too large for the gradients: every float16 gradient overflows while the loss
+    stays finite. The stop names the scale and the largest gradient it admits."""
+    import keras
+    import tensorflow as tf
+
+    from runtime.preemption import TrainingStopped
+
+    try:
+        _, optimizer, step = fixed_scale_step(2.0**20)  # (softmax - onehot) / 4 * 2**20 > 65504
+        guard = numerics_guard(step, limit=1)
+        images = tf.random.normal([4, 32, 32, 3], seed=0)
+        losses = step(images, tf.constant([1, 2, 3, 4]), tf.constant(0, tf.int64))
+        assert np.isfinite(losses.total.numpy()) and int(optimizer.iterations.numpy()) == 0
+        with pytest.raises(TrainingStopped) as stopped:
+            guard.check(1, None)
+        assert str(stopped.value) == (
+            "float16 gradients were non-finite at step 1 while the loss was finite, under "
+            "--static_loss_scale=1.04858e+06 (1 update(s) in a row skipped, 1 consecutive "
+            "step(s) allowed by --max_nonfinite_steps): a gradient above 65504/1.04858e+06 = "
+            "0.0624695 overflows float16; lower --static_loss_scale, or set it to 0 for "
+            "dynamic loss scaling; stopped at step 1 without saving; last good checkpoint: "
+            "none yet"
+        )
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
 
