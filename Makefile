@@ -3,7 +3,7 @@
 VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
 
-.PHONY: setup demo test lint format gpu-stack slurm
+.PHONY: setup demo check test lint format gpu-stack slurm
 
 setup:
 	@bash scripts/setup_env.sh
@@ -19,11 +19,16 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+PYTEST_WORKERS ?= 2
+
+# The quick check: lint and the in-process tests (none starts a process: tests/process_guard.py).
+check: lint
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) -m "not subprocess" --durations=10 $(PYTEST_ARGS)
+
 # tests/test_cluster.py starts a single-node Slurm: its Debian packages come first (root).
 # tests/test_jax_backend.py runs the models on Keras's JAX backend in .venv-jax (no TF).
 # Two pytest-xdist workers keep both cores busy while a test waits on process start-up
 # (PYTEST_WORKERS=0 runs in one process).
-PYTEST_WORKERS ?= 2
 test: lint
 	@bash scripts/install_slurm.sh
 	@bash scripts/setup_jax_env.sh

@@ -11,6 +11,8 @@ import pytest
 import tfconvnets  # noqa: F401  (first: TensorFlow's environment, before any test imports it)
 from tests.launch import run
 
+pytest_plugins = ("tests.process_guard",)  # `make check`'s split, marked and enforced
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):

@@ -318,6 +318,7 @@ def convert_cli(*args: str):
     return run([sys.executable, "-m", "tfconvnets.convert", *args], check=False)
 
 
+@pytest.mark.subprocess
 def test_cli_rejects_unknown_format_and_missing_src(tmp_path):
     src = tmp_path / "w.safetensors"
     save_file({"fc.weight": np.zeros((2, 2048), np.float32)}, str(src))
@@ -336,6 +337,7 @@ def test_cli_rejects_unknown_format_and_missing_src(tmp_path):
     assert not list(tmp_path.glob("ckpt-*"))
 
 
+@pytest.mark.subprocess
 def test_cli_rejects_unknown_arch(tmp_path):
     src = tmp_path / "w.safetensors"
     save_file({"fc.weight": np.zeros((2, 2048), np.float32)}, str(src))

@@ -205,6 +205,7 @@ def test_synthetic_backend():
 # Index files
 
 
+@pytest.mark.subprocess
 def test_index_files_are_built_into_the_cache_dir(unique_dataset, tmp_path):
     data_dir = copy_dataset(unique_dataset, str(tmp_path / "data"), with_index=False)
     pipeline = build_pipeline(
@@ -225,6 +226,7 @@ def test_dataprep_index_dir_is_the_default(unique_dataset):
     assert not os.path.exists(index_lib.default_cache_dir(unique_dataset))
 
 
+@pytest.mark.subprocess
 def test_concurrent_index_build_is_safe(unique_dataset, tmp_path):
     data_dir = copy_dataset(unique_dataset, str(tmp_path / "data"), with_index=False)
     shards = sorted(
@@ -242,6 +244,7 @@ def test_concurrent_index_build_is_safe(unique_dataset, tmp_path):
         assert index_lib.index_problem(shard, os.path.join(cache, os.path.basename(shard))) is None
 
 
+@pytest.mark.subprocess
 def test_stale_index_is_rebuilt(unique_dataset, tmp_path):
     data_dir = copy_dataset(unique_dataset, str(tmp_path / "data"))
     idx_dir = os.path.join(data_dir, "idx")
@@ -260,6 +263,7 @@ def test_stale_index_is_rebuilt(unique_dataset, tmp_path):
     assert index_lib.index_problem(stale.replace("/idx", ""), stale) is None
 
 
+@pytest.mark.subprocess
 def test_truncated_shard_is_reported(unique_dataset, tmp_path):
     data_dir = copy_dataset(unique_dataset, str(tmp_path / "data"), with_index=False)
     shard = os.path.join(data_dir, "validation-00001-of-00003")
@@ -285,6 +289,7 @@ def test_missing_or_empty_data_dir(tmp_path, backend):
         build_pipeline(config(backend, None), split="train", batch_size=2, training=True)
 
 
+@pytest.mark.subprocess
 def test_no_shards_incomplete_set_and_zero_records(tmp_path):
     (tmp_path / "README").write_text("not a shard")
     (tmp_path / "validation-00000-of-00001").write_bytes(b"")
@@ -307,6 +312,7 @@ def corrupt_dataset(tmp_path_factory) -> str:
     return data_dir
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("backend", FILE_BACKENDS)
 def test_corrupt_jpeg_fails_and_is_diagnosed(corrupt_dataset, backend):
     pipeline = build_pipeline(
@@ -323,6 +329,7 @@ def test_corrupt_jpeg_fails_and_is_diagnosed(corrupt_dataset, backend):
     assert problems == ["validation-00001-of-00002:0 (broken.JPEG): image does not decode as JPEG"]
 
 
+@pytest.mark.subprocess
 def test_skip_corrupt_tf_drops_the_record(corrupt_dataset):
     cfg = config("tf", corrupt_dataset, num_classes=10, skip_corrupt=True)
     pipeline = build_pipeline(cfg, split="validation", batch_size=4, training=False)
@@ -340,6 +347,7 @@ def test_skip_corrupt_is_refused_by_dali(corrupt_dataset):
         build_pipeline(cfg, split="validation", batch_size=4, training=False)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("backend", FILE_BACKENDS)
 @pytest.mark.parametrize("training", [True, False])
 def test_label_out_of_range(tmp_path, backend, training):

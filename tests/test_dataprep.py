@@ -57,6 +57,7 @@ def digest(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+@pytest.mark.subprocess
 def test_converts_folder_to_shards_indexes_and_labels(tmp_path):
     source = make_folder(
         tmp_path / "in", {"b_cat": 3, "a_dog": 4, "c_fox": 2}, {"a_dog": 2, "c_fox": 3}
@@ -148,6 +149,7 @@ def test_unreadable_images_fail_the_run_unless_skipped(tmp_path):
     assert len(records.find_shards(out, "train")) == 3
 
 
+@pytest.mark.subprocess
 def test_cli_reports_unreadable_image_and_exits_nonzero(tmp_path):
     source = make_folder(tmp_path / "in", {"a": 3, "b": 3}, {"a": 1, "b": 1})
     (tmp_path / "in" / "train" / "a" / "zero.jpg").write_bytes(b"")

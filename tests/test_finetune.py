@@ -134,6 +134,7 @@ def test_another_arch_or_layout_is_refused_and_nothing_is_assigned(tmp_path):
     assert_same(weights(model), before, before)
 
 
+@pytest.mark.subprocess
 def test_training_starts_from_converted_weights(tmp_path):
     """main.py fine-tunes a converted 1000-class ResNet-50 on 10 classes.
 

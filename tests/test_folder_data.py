@@ -198,6 +198,7 @@ def tfslim_example(encoded: bytes, label: int, synset: str, filename: str) -> by
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tfslim_records_are_read(tmp_path, backend):
     items = [(jpeg_bytes(k), fx.SORTED_WNIDS[k % 4]) for k in range(6)]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_DIRS = ("tfconvnets", "runtime", "model_configs", "benchmarks", "tests", "scripts")
 
@@ -51,6 +53,7 @@ def test_recipes_need_only_the_config_declaration():
     assert [v for v in found if not v.endswith("imports runtime.config")] == []
 
 
+@pytest.mark.subprocess
 def test_configuration_loads_without_tensorflow():
     """Flags, recipes and validation come before TensorFlow (a bad flag is reported fast)."""
     config_modules = [

@@ -257,6 +257,7 @@ def test_rerun_keeps_complete_shards_and_redoes_the_rest(tmp_path, images, monke
     assert len(records.find_shards(out, "validation")) == 2
 
 
+@pytest.mark.subprocess
 def test_cli_shows_progress_layout_and_reencoded_counts(tmp_path, images):
     source = fx.write_official_tars(str(tmp_path / "release"), images)
     out = tmp_path / "out"

@@ -39,6 +39,7 @@ def summaries(log_path) -> list[dict]:
     return [r["data"] for r in read_log(log_path) if r["step"] == []]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "form,backend",
     [("official_tars", "dali"), ("extracted", "tf"), ("kaggle", "dali"), ("folders", "tf")],

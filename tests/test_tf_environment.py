@@ -116,6 +116,7 @@ def _main_py(**env: str) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
+@pytest.mark.subprocess
 def test_a_child_started_like_main_py_runs_tensorflow_with_onednn_and_no_start_up_lines():
     """TensorFlow's own line (shown at level 0) says whether its oneDNN kernels are on."""
     code, output = _main_py(**{LOG_LEVEL_VARIABLE: "0"})
@@ -131,6 +132,7 @@ def test_a_child_started_like_main_py_runs_tensorflow_with_onednn_and_no_start_u
     assert "trainable_params=" in output
 
 
+@pytest.mark.subprocess
 def test_an_unknown_onednn_value_stops_main_py_with_one_line():
     code, output = _main_py(**{ONEDNN_VARIABLE: "maybe"})
     assert code == 2
