@@ -18,7 +18,7 @@ from absl import logging
 from runtime.distributed import Distributed
 from runtime.preemption import NONFINITE_EXIT_CODE, TrainingStopped
 from tfconvnets import checkpoints
-from tfconvnets.ema import WeightAverage
+from tfconvnets.ema import WeightAverage, moving_statistics
 from tfconvnets.errors import UserError
 from tfconvnets.finetune import load_pretrained
 
@@ -63,7 +63,7 @@ class CheckpointManager:
         outcome = self.dist.broadcast_object(outcome, name="restore_outcome")
         if outcome[0] == "error":
             raise UserError(outcome[1])
-        averages = ema.averages if ema is not None else []
+        averages = ema.all_averages if ema is not None else []
         self.dist.broadcast_variables(
             list(model.variables) + list(optimizer_variables or []) + averages
         )
@@ -94,28 +94,30 @@ class CheckpointManager:
                 optimizer_variables, meta["optimizer_variables"], arrays, "optimizer", str(path)
             )
             logging.info("resumed from %s (step %d)", path, meta["step"])
-            if ema is not None and saved_ema:
-                checkpoints.assign_variables(
-                    ema.averages, meta["ema_variables"], arrays, "ema", str(path)
-                )
-            elif ema is not None:
-                ema.start_from_weights()
-                logging.info(
-                    "%s holds no EMA of the weights: the EMA (--ema_decay=%g) starts from the "
-                    "current weights", path, ema.decay,
-                )  # fmt: skip
+            if ema is not None:
+                unsaved = checkpoints.restore_averages(ema.by_path(), meta, arrays, str(path))
+                ema.start_from_weights(set(unsaved))
+                if not saved_ema:
+                    logging.info(
+                        "%s holds no EMA of the weights: the EMA (--ema_decay=%g) starts from "
+                        "the current weights", path, ema.decay,
+                    )  # fmt: skip
+                elif unsaved:
+                    logging.info(
+                        "%s holds no EMA of %d variable(s) (e.g. %s; written before BN "
+                        "statistics were kept for the EMA weights): they start from the "
+                        "restored values", path, len(unsaved), unsaved[0],
+                    )  # fmt: skip
             elif saved_ema:
                 logging.info(
                     "%s holds an EMA of the weights (decay %s); this run keeps none "
                     "(--ema_decay=0), so it is dropped", path, meta.get("ema_decay"),
                 )  # fmt: skip
         else:
-            used_ema = checkpoints.assign_ema_weights(model.variables, meta, arrays, str(path))
+            averaged = checkpoints.assign_ema_weights(model.variables, meta, arrays, str(path))
             logging.info(
-                "loaded %s (step %d): %s", path, meta["step"],
-                f"its EMA weights (decay {meta.get('ema_decay')}; BN statistics as trained)"
-                if used_ema else "its trained weights (it holds no EMA)",
-            )  # fmt: skip
+                "loaded %s (step %d): %s", path, meta["step"], _loaded(model, meta, averaged)
+            )
         self.last_saved = path
         return ("resumed", int(meta["step"]))
 
@@ -156,3 +158,15 @@ class CheckpointManager:
         name = signal.Signals(signum).name if signum else "a signal on another rank"
         record = {"step": step, "signal": name, "checkpoint": str(self.last_saved)}
         (self.model_dir / PREEMPTED_FILE).write_text(json.dumps(record) + "\n")
+
+
+def _loaded(model: keras.Model, meta: dict[str, Any], averaged: list[str]) -> str:
+    """Which weights and BN statistics a model restored for eval, predict or export holds."""
+    if not averaged:
+        return "its trained weights (it holds no EMA)"
+    if {v.path for v in moving_statistics(model)} & set(averaged):
+        return f"its EMA weights (decay {meta.get('ema_decay')}; BN statistics estimated for them)"
+    return (
+        f"its EMA weights (decay {meta.get('ema_decay')}; BN statistics as trained: the "
+        "checkpoint holds none for the EMA weights)"
+    )

@@ -103,7 +103,7 @@ def build_training(
         ema_decay=opt.ema_decay,
     )
     optimizer.build(model.trainable_variables)
-    ema = WeightAverage.of(optimizer, model.trainable_variables)
+    ema = WeightAverage.of(optimizer, model)
     state = ema.excluding_averages(optimizer.variables) if ema else list(optimizer.variables)
     train_step = TrainStep(
         model,

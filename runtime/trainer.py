@@ -66,6 +66,7 @@ class Trainer:
             data_dir=config.data.data_dir,
         )
         self._last_eval: tuple[int, dict] = (-1, {})
+        self._ema_statistics_step = -1
         self._watchdog: StallWatchdog | None = None
         self._last_saved_step = -1
 
@@ -236,34 +237,73 @@ class Trainer:
         return self.eval_data is not None and due and step < self.schedule.total_steps
 
     def sync_batch_norm_statistics(self) -> None:
-        """Each rank's BN moving statistics come from its own data; evaluation and checkpoints
-        use their mean over ranks, so every rank evaluates and holds the same model."""
-        self.dist.average_variables(self.model.non_trainable_variables, name="bn_statistics")
+        """Each rank's BN moving statistics (and with --ema_decay those of the averaged
+        weights) come from its own data; evaluation and checkpoints use their mean over ranks,
+        so every rank evaluates and holds the same model."""
+        statistics = list(self.model.non_trainable_variables)
+        if self.ema is not None:
+            statistics += self.ema.statistic_averages
+        self.dist.average_variables(statistics, name="bn_statistics")
 
     def save_checkpoint(self, step: int) -> None:
         if step == self._last_saved_step:
             return
         self._last_saved_step = step
+        self._estimate_ema_statistics(step)
         self.sync_batch_norm_statistics()
         epoch = step / self.schedule.steps_per_epoch
         self.checkpoints.save(step, self.model, self.optimizer_state, epoch, self.ema)
+
+    def _estimate_ema_statistics(self, step: int) -> None:
+        """With --ema_decay, the BN statistics of the averaged weights at `step` (once per
+        step; before each checkpoint and evaluation): each rank re-estimates them on its
+        first batches of the epoch just trained, through its training preprocessing (a pure
+        function of the seed, the rank and the step, so exact resume holds), then the ranks
+        average them with the other statistics."""
+        if self.ema is None or step == self._ema_statistics_step:
+            return
+        self._ema_statistics_step = step
+        wanted = self.config.optimization.ema_bn_images
+        per_rank = -(-wanted // (self.config.loop.batch_size * self.dist.size))
+        batches = self.ema.estimate_statistics(self._training_images(step, per_rank))
+        if self.dist.is_chief:
+            logging.info(
+                "BN statistics of the EMA weights at step %d: re-estimated on %d batch(es) "
+                "of %d training images per rank", step, batches, self.config.loop.batch_size,
+            )  # fmt: skip
+
+    def _training_images(self, step: int, batches: int) -> Iterator:
+        """Up to `batches` batches of images from the start of the epoch that update `step`
+        (1-based) fell in, from a pipeline of their own: the training stream is untouched."""
+        update = max(step - 1, 0)
+        epoch = update // self.schedule.steps_per_epoch
+        if self._pipeline_for is not None:
+            data = self._pipeline_for(self.train_size(update), epoch)
+        else:  # one in-memory stream (tf.data): a new iterator starts it again
+            data = self.train_data
+        stream = iter(data.dataset)
+        for _ in range(min(batches, data.steps_per_epoch)):
+            images, _ = next(stream)
+            yield images
 
     def _fingerprint(self, step: int) -> str:
         return check_identical(self.dist, self.model.variables, step)
 
     def evaluation_weights(self) -> contextlib.AbstractContextManager:
-        """The weights evaluation and export use: the EMA's when there is one (swapped back
-        after the block), else the trained ones."""
+        """The weights evaluation and export use: the EMA's, with the BN statistics last
+        estimated for them, when there is one (swapped back after the block), else the trained
+        ones."""
         if self.ema is None:
             return contextlib.nullcontext()
         return self.ema.swapped_in()
 
     def _evaluate(self, step: int) -> dict:
+        self._estimate_ema_statistics(step)
         self.sync_batch_norm_statistics()
         if self.dist.is_chief:
             logging.info(
                 "evaluating at step %d with %s", step,
-                f"the EMA weights (decay {self.ema.decay:g}; BN statistics as trained)"
+                f"the EMA weights (decay {self.ema.decay:g}; BN statistics re-estimated for them)"
                 if self.ema else "the trained weights",
             )  # fmt: skip
         with self.evaluation_weights():

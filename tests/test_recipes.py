@@ -29,6 +29,7 @@ from tests.test_trainer import (
     make_trainer,
     small_config,
     tiny_model,
+    tiny_pipeline,
 )
 from tests.workers import hvd_accumulation as acc
 from tfconvnets import checkpoints
@@ -57,6 +58,7 @@ def test_the_new_flags_are_generated_and_reach_their_sections():
 BAD = [
     (dict(ema_decay=1.0), "--ema_decay: must be in [0, 1) (0 disables it), got 1.0"),
     (dict(ema_decay=-0.5), "--ema_decay: must be in [0, 1)"),
+    (dict(ema_bn_images=0), "--ema_bn_images: must be >= 1, got 0"),
     (dict(cutmix=-1.0), "--cutmix: must be >= 0 (0 disables it), got -1.0"),
     (dict(accumulation_steps=0), "--accumulation_steps: must be >= 1 (1: no accumulation), got 0"),
     (dict(accumulation_steps=-2), "--accumulation_steps: must be >= 1"),
@@ -106,22 +108,71 @@ def test_the_ema_is_the_hand_computed_average_of_the_trainable_weights(tmp_path)
     assert moved > len(expected) // 2  # the average is not just the weights
 
 
+def variables_of(model) -> tuple[list, list]:
+    return model.trainable_variables, model.non_trainable_variables
+
+
+def assert_all_equal(arrays, variables) -> None:
+    for a, v in zip(arrays, variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), v.numpy(), err_msg=v.path)
+
+
+def values(variables) -> list:
+    return [v.numpy().copy() for v in variables]
+
+
+def test_the_bn_statistics_of_the_ema_weights_are_the_mean_batch_statistics_they_give(tmp_path):
+    """PreciseBN for the averaged weights: with them in the model, each BN layer's batch mean and
+    (biased) variance, averaged over the batches. Checked by hand for the stem's BN: the moments
+    of the averaged stem convolution's output. The model is left as it was, bit for bit."""
+    config = small_config(tmp_path, ema_decay=0.5, num_iter=10, iter_unit="batch")
+    model = tiny_model(config)
+    parts = build_training(config, SINGLE, model, steps_per_epoch=STEPS_PER_EPOCH)
+    ema = parts.ema
+    assert [v.path for v in ema.statistics] == [v.path for v in model.non_trainable_variables]
+    assert len(ema.statistics) == 32 and all("/moving_" in v.path for v in ema.statistics)
+    assert {id(a) for a in ema.statistic_averages}.isdisjoint(
+        id(v) for v in parts.optimizer.variables
+    )
+    for step in range(3):
+        parts.train_step(*fixed_batch(step), tf.constant(step, tf.int64))
+    before, initial = values(model.variables), values(ema.statistic_averages)
+    batches = [fixed_batch(10 + i)[0] for i in range(3)]
+    assert ema.estimate_statistics(iter(batches)) == 3
+    assert_all_equal(before, model.variables)  # trained weights and statistics, untouched
+    stem_output = keras.Model(model.inputs, model.get_layer("stem_bn").input)
+    with ema.swapped_in():
+        outputs = [stem_output(b, training=False).numpy().astype(np.float64) for b in batches]
+    mean = np.mean([o.mean(axis=(0, 1, 2)) for o in outputs], axis=0)
+    variance = np.mean([o.var(axis=(0, 1, 2)) for o in outputs], axis=0)
+    assert [v.path for v in ema.statistics[:2]] == [
+        "stem_bn/moving_mean",
+        "stem_bn/moving_variance",
+    ]
+    np.testing.assert_allclose(ema.statistic_averages[0].numpy(), mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ema.statistic_averages[1].numpy(), variance, rtol=1e-4)
+    trained = model.non_trainable_variables
+    for old, new, live in zip(initial, ema.statistic_averages, trained, strict=True):
+        assert not np.allclose(old, new.numpy()) and not np.allclose(live.numpy(), new.numpy())
+
+
 def record_evaluated_weights(monkeypatch, model) -> list:
-    """Makes the trainer's evaluation note the trainable weights it ran with."""
+    """Makes the trainer's evaluation note the variables it ran with: (trainable weights,
+    BN statistics)."""
     import runtime.trainer
 
     seen = []
     real = runtime.trainer.evaluate
 
     def spy(eval_step, data, dist):
-        seen.append([v.numpy().copy() for v in model.trainable_variables])
+        seen.append(tuple(values(vs) for vs in variables_of(model)))
         return real(eval_step, data, dist)
 
     monkeypatch.setattr(runtime.trainer, "evaluate", spy)
     return seen
 
 
-def test_evaluation_uses_the_averaged_weights_and_gives_the_trained_ones_back(
+def test_evaluation_uses_the_ema_weights_with_their_statistics_and_gives_the_trained_ones_back(
     tmp_path, monkeypatch, caplog
 ):
     config = small_config(tmp_path, ema_decay=0.9, num_iter=1)
@@ -130,17 +181,63 @@ def test_evaluation_uses_the_averaged_weights_and_gives_the_trained_ones_back(
     with caplog.at_level(py_logging.INFO):
         results = trainer.train()
     assert results["step"] == STEPS_PER_EPOCH and len(seen) == 1  # the final evaluation
-    assert "evaluating at step 3 with the EMA weights (decay 0.9" in caplog.text
-    averages = [a.numpy() for a in trainer.ema.averages]
-    live = [v.numpy() for v in trainer.model.trainable_variables]
-    for evaluated, average in zip(seen[0], averages, strict=True):
-        np.testing.assert_array_equal(evaluated, average)
-    assert any(not np.array_equal(a, w) for a, w in zip(averages, live, strict=True))
+    assert (
+        "evaluating at step 3 with the EMA weights (decay 0.9; BN statistics re-estimated for "
+        "them)" in caplog.text
+    )
+    # --ema_bn_images=1024 is more than the epoch: its 3 batches of 2 images.
+    assert "re-estimated on 3 batch(es) of 2 training images per rank" in caplog.text
+    (weights, statistics) = seen[0]
+    assert_all_equal(weights, trainer.ema.averages)
+    assert_all_equal(statistics, trainer.ema.statistic_averages)
+    for evaluated, live in zip((weights, statistics), variables_of(trainer.model), strict=True):
+        assert any(not np.array_equal(e, v.numpy()) for e, v in zip(evaluated, live, strict=True))
+    # They are the statistics of the averaged weights on the epoch's first batches.
+    batches = [images for images, _ in tiny_pipeline(True).dataset.take(3)]
+    trainer.ema.estimate_statistics(batches)
+    assert_all_equal(statistics, trainer.ema.statistic_averages)
     # Evaluating again changes nothing: the trained weights are back, bit for bit.
-    before = [v.numpy().copy() for v in trainer.model.variables]
+    before = values(trainer.model.variables)
     trainer._evaluate(3)
-    for b, v in zip(before, trainer.model.variables, strict=True):
-        np.testing.assert_array_equal(b, v.numpy())
+    assert_all_equal(before, trainer.model.variables)
+
+
+def test_the_export_after_training_gets_the_ema_weights_and_their_statistics(tmp_path, monkeypatch):
+    """`--mode=train --export_dir` through `runtime.modes.train`, in process: the artifact
+    writer (recorded, not run; export_artifacts' own tests cover the writing) is called with
+    the averaged weights and their statistics in the model, the trained values back after."""
+    import runtime.modes
+    import tfconvnets.deploy.artifacts
+    from runtime.process import Context
+    from runtime.reporting import Reporter
+    from runtime.trainer import Trainer
+
+    config = small_config(
+        tmp_path, mode="train", ema_decay=0.5, num_iter=2, iter_unit="batch",
+        export_dir=str(tmp_path / "export"),
+    )  # fmt: skip
+    trainers, exported = [], []
+
+    class RecordedTrainer(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+
+    def record(model, export_dir, formats, **_):
+        exported.append(tuple(values(vs) for vs in variables_of(model)))
+        return {}
+
+    monkeypatch.setattr(runtime.modes, "Trainer", RecordedTrainer)
+    monkeypatch.setattr(runtime.modes, "build_model", tiny_model)
+    monkeypatch.setattr(tfconvnets.deploy.artifacts, "export_artifacts", record)
+    reporter = Reporter(enabled=True, log_path=None, tensorboard_dir=None, progress=False)
+    assert runtime.modes.train(Context(config, SINGLE, reporter))[0]["step"] == 2
+    ((weights, statistics),) = exported
+    (trainer,) = trainers
+    assert_all_equal(weights, trainer.ema.averages)
+    assert_all_equal(statistics, trainer.ema.statistic_averages)
+    live = trainer.model.non_trainable_variables  # the trained ones, back
+    assert any(not np.array_equal(s, v.numpy()) for s, v in zip(statistics, live, strict=True))
 
 
 def test_the_ema_is_checkpointed_restored_bit_equal_and_is_what_evaluate_mode_loads(
@@ -150,33 +247,76 @@ def test_the_ema_is_checkpointed_restored_bit_equal_and_is_what_evaluate_mode_lo
     first = make_trainer(config, eval_data=False)
     first.train()
     path, meta, arrays = checkpoints.latest_valid_checkpoint(config.loop.model_dir)
-    assert meta["ema_decay"] == 0.9 and len(meta["ema_variables"]) == len(first.ema.averages)
-    assert [p for p, _ in meta["ema_variables"]] == [
-        v.path for v in first.model.trainable_variables
-    ]
+    model = first.model
+    assert meta["ema_decay"] == 0.9
+    assert [p for p, _ in meta["ema_variables"]] == [v.path for v in averaged_in(model)]
     # A new run of the same command restores the averages with the rest of the state.
     config2 = small_config(tmp_path, ema_decay=0.9, num_iter=2)
     second = make_trainer(config2, eval_data=False)
     assert second.checkpoints.restore(second.model, second.optimizer_state, ema=second.ema) == 3
-    for a, b in zip(first.ema.averages, second.ema.averages, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
-    for a, b in zip(first.optimizer_state, second.optimizer_state, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
-    for a, b in zip(first.model.variables, second.model.variables, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert_all_equal(values(first.ema.all_averages), second.ema.all_averages)
+    assert_all_equal(values(first.optimizer_state), second.optimizer_state)
+    assert_all_equal(values(model.variables), second.model.variables)
     # --mode=evaluate / predict / export restore only the model: they get the averaged
-    # weights, with the BN moving statistics as trained, and the log says so.
-    model = tiny_model(config)
+    # weights and the BN statistics estimated for them, and the log says so.
+    loaded = tiny_model(config)
     manager = CheckpointManager(config.loop.model_dir, SINGLE, keep=3, metadata={})
     with caplog.at_level(py_logging.INFO):
-        manager.restore(model, required=True)
-    assert "its EMA weights (decay 0.9" in caplog.text
-    for v, a in zip(model.trainable_variables, first.ema.averages, strict=True):
-        np.testing.assert_array_equal(v.numpy(), a.numpy())
-    for v, trained in zip(
-        model.non_trainable_variables, first.model.non_trainable_variables, strict=True
+        manager.restore(loaded, required=True)
+    assert "its EMA weights (decay 0.9; BN statistics estimated for them)" in caplog.text
+    assert_all_equal(values(first.ema.all_averages), averaged_in(loaded))
+    statistics = zip(first.ema.statistic_averages, model.non_trainable_variables, strict=True)
+    assert any(not np.array_equal(a.numpy(), s.numpy()) for a, s in statistics)
+
+
+def averaged_in(model) -> list:
+    return [*model.trainable_variables, *model.non_trainable_variables]
+
+
+def test_an_ema_resumes_exactly_with_its_bn_statistics(tmp_path):
+    """One epoch, then the same command for the second, against both epochs in one run: the
+    weights, the optimizer state, the averaged weights and their statistics, bit-equal."""
+    straight = make_trainer(small_config(tmp_path / "a", ema_decay=0.5), eval_data=False)
+    straight.train()
+    resumed_config = small_config(tmp_path / "b", ema_decay=0.5, run_iter=1)
+    make_trainer(resumed_config, eval_data=False).train()
+    resumed = make_trainer(resumed_config, eval_data=False)
+    assert resumed.train()["step"] == 2 * STEPS_PER_EPOCH
+    for a, b in (
+        (straight.model.variables, resumed.model.variables),
+        (straight.optimizer_state, resumed.optimizer_state),
+        (straight.ema.all_averages, resumed.ema.all_averages),
     ):
-        np.testing.assert_array_equal(v.numpy(), trained.numpy())
+        assert_all_equal(values(a), b)
+
+
+def test_a_checkpoint_with_the_ema_weights_only_still_restores(tmp_path, caplog):
+    """Checkpoints written before the BN statistics were kept for the EMA weights: resuming
+    starts them from the restored statistics; evaluate mode uses those, and says so."""
+    config = small_config(tmp_path, ema_decay=0.9, num_iter=1)
+    first = make_trainer(config, eval_data=False)
+    first.train()
+    model, ema = first.model, first.ema
+    old = {v.path: a for v, a in zip(ema.variables, ema.averages, strict=True)}
+    checkpoints.write_checkpoint(
+        config.loop.model_dir, 3, model.variables, first.optimizer_state,
+        {"arch": config.model.arch, "num_classes": CLASSES, "ema_decay": 0.9}, ema=old,
+    )  # fmt: skip
+    second = make_trainer(config, eval_data=False)
+    with caplog.at_level(py_logging.INFO):
+        assert second.checkpoints.restore(second.model, second.optimizer_state, ema=second.ema)
+    assert "holds no EMA of 32 variable(s) (e.g. " in caplog.text
+    assert_all_equal(values(ema.averages), second.ema.averages)
+    assert_all_equal(values(model.non_trainable_variables), second.ema.statistic_averages)
+    loaded = tiny_model(config)
+    manager = CheckpointManager(config.loop.model_dir, SINGLE, keep=3, metadata={})
+    with caplog.at_level(py_logging.INFO):
+        manager.restore(loaded, required=True)
+    assert "BN statistics as trained: the checkpoint holds none for the EMA weights" in (
+        caplog.text
+    )
+    assert_all_equal(values(ema.averages), loaded.trainable_variables)
+    assert_all_equal(values(model.non_trainable_variables), loaded.non_trainable_variables)
 
 
 def test_ema_switched_on_at_a_resume_starts_from_the_current_weights(tmp_path, caplog):
@@ -192,15 +332,40 @@ def test_ema_switched_on_at_a_resume_starts_from_the_current_weights(tmp_path, c
     assert "holds no EMA of the weights: the EMA (--ema_decay=0.5) starts from the current" in (
         caplog.text
     )
-    for v, a in zip(trainer.model.trainable_variables, trainer.ema.averages, strict=True):
-        np.testing.assert_array_equal(v.numpy(), a.numpy())
+    assert_all_equal(values(averaged_in(trainer.model)), trainer.ema.all_averages)
     # One update later the average is halfway between the restored and the new weights.
-    restored = [v.numpy().copy() for v in trainer.model.trainable_variables]
+    restored = values(trainer.model.trainable_variables)
     trainer.train_step(*fixed_batch(0), tf.constant(2, tf.int64))
     for r, v, a in zip(
         restored, trainer.model.trainable_variables, trainer.ema.averages, strict=True
     ):
         np.testing.assert_allclose(a.numpy(), 0.5 * r + 0.5 * v.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.subprocess
+def test_two_ranks_average_the_statistics_of_the_ema_weights_and_restore_them_alike(tmp_path):
+    """horovodrun -np 2, each rank on its own data: each re-estimates the statistics of the
+    averaged weights on its batches; the checkpoint and every rank hold their mean over ranks,
+    and a restore gives every rank the checkpoint's values."""
+    from tests.launch import horovodrun
+
+    prefix = tmp_path / "hvd"
+    horovodrun(2, ["-m", "tests.workers.hvd_ema", str(prefix), str(tmp_path / "m")], timeout=600)
+    ranks = [np.load(f"{prefix}.rank{r}.npz") for r in range(2)]
+    _, meta, arrays = checkpoints.latest_valid_checkpoint(tmp_path / "m")
+    saved = checkpoints.ema_weights(meta, arrays)
+    paths = [str(p) for p in ranks[0]["paths"]]
+    assert len(paths) == 32 and all("/moving_" in p for p in paths)
+    # Each rank's own estimate differs; both hold their mean, as the checkpoint does.
+    assert any(
+        not np.array_equal(ranks[0][f"own_{i}"], ranks[1][f"own_{i}"]) for i in range(len(paths))
+    )
+    for i, path in enumerate(paths):
+        mean = (ranks[0][f"own_{i}"] + ranks[1][f"own_{i}"]) / 2
+        for r in ranks:
+            np.testing.assert_allclose(r[f"saved_{i}"], mean, rtol=1e-6, err_msg=path)
+            np.testing.assert_array_equal(r[f"saved_{i}"], saved[path], err_msg=path)
+            np.testing.assert_array_equal(r[f"restored_{i}"], saved[path], err_msg=path)
 
 
 # --- CutMix --------------------------------------------------------------------------------
@@ -439,6 +604,8 @@ def test_every_recipe_feature_trains_the_digits_through_main_py(
     assert summary["eval_examples"] == 40 and 0 <= summary["top1_accuracy"] <= 1
     _, meta, _ = checkpoints.latest_valid_checkpoint(model_dir)
     trainable = [path for path, _ in meta["model_variables"] if "moving_" not in path]
-    assert meta["step"] == 10 and [path for path, _ in meta["ema_variables"]] == trainable
+    statistics = [path for path, _ in meta["model_variables"] if "moving_" in path]
+    averaged = [path for path, _ in meta["ema_variables"]]
+    assert meta["step"] == 10 and averaged == trainable + statistics
     serving = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
     assert serving.structured_input_signature[1]["images"].shape.as_list() == [None, 64, 64, 3]

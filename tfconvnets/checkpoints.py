@@ -2,9 +2,10 @@
 
 A checkpoint is a directory `ckpt-<step>/` holding `variables.npz` (every model and optimizer
 variable, by position) and `checkpoint.json` (step, architecture, variable paths and shapes,
-and the SHA-256 of the npz). A run with an EMA of its weights also stores the averages
-(`ema/...`, described by the path of the model variable each averages), apart from the other
-optimizer variables, so a checkpoint with or without them restores into a run either way. It is written under a temporary name, fsynced, then renamed, so
+and the SHA-256 of the npz). A run with an EMA of its weights also stores the averaged weights
+and the BN statistics estimated for them (`ema/...`, described by the path of the model variable
+each stands for), apart from the other optimizer variables, so a checkpoint with or without them
+restores into a run either way. It is written under a temporary name, fsynced, then renamed, so
 a crash mid-write never leaves a half checkpoint under a real name. On restore a truncated or
 corrupt checkpoint fails its checksum and the previous one is used.
 """
@@ -196,36 +197,54 @@ def assign_variables(
 
 
 def ema_weights(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The checkpoint's averaged weights by model variable path (empty without an EMA)."""
+    """The checkpoint's EMA by model variable path: the averaged weights and (in checkpoints
+    written since they are kept) the BN statistics estimated for them; empty without an EMA."""
     return {
         path: arrays[f"ema/{i:05d}"] for i, (path, _) in enumerate(meta.get("ema_variables", []))
     }
 
 
-def assign_ema_weights(
-    model_variables: Sequence, meta: dict[str, Any], arrays: dict[str, np.ndarray], source: str
-) -> bool:
-    """Puts the checkpoint's averaged weights into the model's variables of the same paths (after
-    the model was restored); returns False, changing nothing, when it holds no EMA."""
-    averaged = ema_weights(meta, arrays)
-    if not averaged:
-        return False
-    by_path = {v.path: v for v in model_variables}
-    missing = [p for p in averaged if p not in by_path]
-    if missing:
+def _assign_by_path(
+    targets: Mapping[str, Any], saved: Mapping[str, np.ndarray], source: str, whose: str
+) -> None:
+    """Assigns each saved average to the target of its path, checking every path and shape
+    before assigning anything."""
+    unknown = [p for p in saved if p not in targets]
+    if unknown:
         raise UserError(
-            f"checkpoint {source}: its EMA averages {missing[:3]} ({len(missing)}), which the "
-            "model does not have"
+            f"checkpoint {source}: its EMA averages {unknown[:3]} ({len(unknown)}), which "
+            f"{whose} does not have"
         )
-    for path, value in averaged.items():
-        variable = by_path[path]
-        if list(variable.shape) != list(value.shape):
+    for path, value in saved.items():
+        if list(targets[path].shape) != list(value.shape):
             raise UserError(
                 f"checkpoint {source}: the EMA of {path} has shape {value.shape}, the model's "
-                f"{tuple(variable.shape)}"
+                f"{tuple(targets[path].shape)}"
             )
-        variable.assign(value)
-    return True
+    for path, value in saved.items():
+        targets[path].assign(value)
+
+
+def assign_ema_weights(
+    model_variables: Sequence, meta: dict[str, Any], arrays: dict[str, np.ndarray], source: str
+) -> list[str]:
+    """Puts the checkpoint's EMA (weights and their BN statistics) into the model's variables of
+    the same paths (after the model was restored); returns their paths, empty (changing
+    nothing) when it holds no EMA."""
+    averaged = ema_weights(meta, arrays)
+    _assign_by_path({v.path: v for v in model_variables}, averaged, source, "the model")
+    return list(averaged)
+
+
+def restore_averages(
+    averages: Mapping[str, Any], meta: dict[str, Any], arrays: dict[str, np.ndarray], source: str
+) -> list[str]:
+    """Assigns the checkpoint's averages to a training run's `averages` (by the path of the
+    model variable each averages); returns the paths of those it holds no average of (all of
+    them without an EMA; the BN statistics in a checkpoint that averaged only the weights)."""
+    saved = ema_weights(meta, arrays)
+    _assign_by_path(averages, saved, source, "this run's EMA")
+    return [path for path in averages if path not in saved]
 
 
 def check_compatible(meta: dict[str, Any], expected: dict[str, Any], source: str) -> None:

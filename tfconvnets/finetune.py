@@ -58,7 +58,8 @@ def load_pretrained(model: keras.Model, checkpoint_path: str | os.PathLike) -> P
     which the newest intact one is used; its path is returned. The classifier is left freshly
     initialized when its shape differs (another number of classes), and that is said; any
     other missing or mismatched variable is an error, and then nothing is assigned. A checkpoint
-    trained with an EMA gives its averaged weights (its BN statistics are the trained ones).
+    trained with an EMA gives its averaged weights, with the BN statistics estimated for them
+    where it holds those (checkpoints written before they were kept: the trained statistics).
     """
     path, meta, arrays = resolve_checkpoint(checkpoint_path)
     averaged = checkpoints.ema_weights(meta, arrays)

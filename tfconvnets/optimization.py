@@ -39,8 +39,14 @@ class OptimizationConfig(Section):
     ema_decay: float = option(
         0.0,
         "Exponential moving average of the trainable weights (e.g. 0.9999), updated after each "
-        "optimizer step; evaluation, export and --mode=evaluate then use the averaged weights "
-        "(BN moving statistics are kept as trained). 0 disables it.",
+        "optimizer step; evaluation, export and --mode=evaluate then use the averaged weights, "
+        "with BN statistics re-estimated for them (--ema_bn_images). 0 disables it.",
+    )
+    ema_bn_images: int = option(
+        1024,
+        "With --ema_decay: the training images (all ranks together, at least one batch per "
+        "rank, at most an epoch) on which the BN statistics of the averaged weights are "
+        "re-estimated before each checkpoint and evaluation.",
     )
 
     def _check(self) -> None:
@@ -56,3 +62,4 @@ class OptimizationConfig(Section):
             "ema_decay",
             f"must be in [0, 1) (0 disables it), got {self.ema_decay}",
         )
+        require(self.ema_bn_images >= 1, "ema_bn_images", f"must be >= 1, got {self.ema_bn_images}")
