@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -22,9 +23,9 @@ import pytest
 from absl import flags
 
 from model_configs import get_config
-from runtime import nvidia_compat
+from runtime import nvidia_compat, process  # (process imports TensorFlow, which forks once)
 from runtime.flags import config_from_flags, define_flags, given_values
-from tests.launch import horovodrun, run
+from tests.launch import VENV_BIN, horovodrun, run
 from tests.nvidia_scripts import COMMANDS
 from tfconvnets import checkpoints
 from tfconvnets.dllogger import read_log
@@ -448,6 +449,139 @@ def test_training_perf_and_inference_benchmark_lines_parse_with_their_pipelines(
     }
     raw = [json.loads(x[5:]) for x in log.read_text().splitlines() if '"METADATA"' in x]
     assert all("step" not in r and "data" not in r for r in raw)  # NVIDIA's shape
+
+
+# --- their launcher: `mpiexec`, with the venv's Open MPI (Horovod is built against it) -------
+
+
+def their_launcher(e: dict, num_proc: int) -> list[str]:
+    """The entry's `mpiexec ...` with BIND_TO_SOCKET set (their A100 scripts' option), for
+    `num_proc` processes, the venv's mpiexec in place of theirs."""
+    words = e["env_options"]["BIND_TO_SOCKET"]["launcher"].split()
+    assert words[0] == "mpiexec" and words[-2] == "-np", words
+    return [str(VENV_BIN / "mpiexec"), *words[1:-1], str(num_proc)]
+
+
+AMP_LINE_SHORT = [
+    "--num_iter=3", "--iter_unit=batch", "--image_size=32", "--num_classes=10",
+    "--num_threads=1", "--warmup_steps=1", "--display_every=1", "--noprogress_bar",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_their_a100_amp_line_trains_under_mpiexec_as_their_script_launches_it(
+    nvidia_data, tmp_path
+):
+    """DGXA100_RN50_AMP_90E.sh (HEAD): `mpiexec --allow-run-as-root --bind-to socket -np N
+    python3 main.py ... --amp --static_loss_scale 128 ...`, 2 processes, 8 images each.
+
+    A fixed 128 holds gradients up to 65504 / 128 = 512: ResNet-50's first ones at 32 px reach
+    ~90 with 8 images per rank, so every update is applied. (With 4 per rank they reach ~1300,
+    the next test.)"""
+    e = entry("resnet50v1.5/training/DGXA100_RN50_AMP_90E.sh", "2021-04-20")
+    argv = substitute(e["argv"], "", workspace=str(tmp_path), data_dir=str(nvidia_data))
+    cmd = [*their_launcher(e, 2), sys.executable, "main.py", *argv, *AMP_LINE_SHORT]
+    proc = run([*cmd, "--batch_size=8"], timeout=900)
+    results = tmp_path / "results"
+    params = parameters(results / "log.json")
+    assert params["world_size"] == 2 and params["amp"] is True, params
+    assert params["static_loss_scale"] == 128.0 and params["batch_size"] == 8
+    assert "skipped" not in proc.stderr, proc.stderr[-3000:]  # every update applied
+    steps = [r["data"] for r in read_log(results / "log.json") if len(r["step"]) == 2]
+    assert len(steps) == 3 and all(math.isfinite(d["total_loss"]) for d in steps), steps
+    # Their parser of a train_and_evaluate log reads our last stdout line as it is: mpiexec
+    # does not prefix the lines as horovodrun does.
+    last = their_pipeline(proc.stdout, "tail -n1", "Results")
+    assert re.match(
+        r"Results top1_accuracy : [0-9.]+ top5_accuracy : [0-9.]+ eval_throughput : [0-9.]+ images/s",
+        last,
+    ), proc.stdout[-2000:]
+    assert [p.name for p in checkpoints.list_checkpoints(results)] == ["ckpt-000000003"]
+
+
+@pytest.mark.slow
+def test_their_a100_amp_line_with_4_images_per_rank_skips_overflowed_updates_and_stops_at_the_limit(
+    nvidia_data, tmp_path
+):
+    """The 2020 spelling of the same line (`--use_tf_amp --use_static_loss_scaling
+    --loss_scale 128`) with 4 images per rank at 32 px: stage 4's batch norm then normalises
+    over 4 values (1x1 maps) and the first gradients reach ~1300, more than 128 holds. Each
+    update is skipped, not applied; the streak is counted; the run stops when it reaches
+    --max_nonfinite_steps, naming the step it began at and the scale. (NVIDIA's
+    FixedLossScalerOptimizer applied such updates.)"""
+    e = entry("resnet50v1.5/training/DGXA100_RN50_AMP_90E.sh", "2020-06-27")
+    argv = substitute(e["argv"], "", workspace=str(tmp_path), data_dir=str(nvidia_data))
+    cmd = [*their_launcher(e, 2), sys.executable, "main.py", *argv, *AMP_LINE_SHORT]
+    proc = run([*cmd, "--batch_size=4", "--max_nonfinite_steps=2"], timeout=900, check=False)
+    assert proc.returncode == 65, proc.stderr[-3000:]
+    # Step 1 was skipped and the run went on (a streak of 1 is below the limit) ...
+    assert "step 1: 1 update(s) skipped since this run started" in proc.stderr
+    # ... and the streak of steps 1 and 2 stopped it, on both ranks, with nothing saved.
+    stopped = [line for line in proc.stderr.splitlines() if line.startswith("stopped:")]
+    assert stopped == 2 * [
+        "stopped: float16 gradients were non-finite at step 1 while the loss was finite, under "
+        "--static_loss_scale=128 (2 update(s) in a row skipped, 2 consecutive step(s) allowed "
+        "by --max_nonfinite_steps): a gradient above 65504/128 = 511.75 overflows float16; "
+        "lower --static_loss_scale, or set it to 0 for dynamic loss scaling; stopped at step 2 "
+        "without saving; last good checkpoint: none yet"
+    ], proc.stderr[-3000:]
+    assert not checkpoints.list_checkpoints(tmp_path / "results")
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_processes_mpiexec_starts_that_each_come_up_alone_are_refused_in_one_line(tmp_path):
+    """The gap of a Horovod whose MPI does not see the launcher (built without MPI, or against
+    another MPI): under `mpiexec -np 2` each process joins a job of 1. Made real here by
+    hiding the launcher's PMIx contact from the processes: Open MPI then starts each as a
+    singleton, while OMPI_COMM_WORLD_SIZE still says 2."""
+    model_dir = tmp_path / "model"
+    hide_pmix = 'for v in ${!PMIX_*} PRTE_LAUNCHED; do unset "$v"; done; exec "$@"'
+    cmd = [
+        str(VENV_BIN / "mpiexec"), "--allow-run-as-root", "--bind-to", "socket", "-np", "2",
+        "bash", "-c", hide_pmix, "bash", sys.executable, "main.py", "--mode=train",
+        "--arch=resnet26", "--data_backend=synthetic", "--image_size=32", "--batch_size=4",
+        "--num_iter=1", "--iter_unit=batch", f"--model_dir={model_dir}", "--noprogress_bar",
+    ]  # fmt: skip
+    proc = run(cmd, timeout=600, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert ours == [
+        "error: started by mpiexec as 2 processes (OMPI_COMM_WORLD_SIZE=2), but each joined a "
+        "--distribution=horovod job of 1: Horovod's MPI did not see this launcher (an mpiexec "
+        "of another MPI than the one Horovod is built against?), so the 2 would train separate "
+        "models on the same data into the same --model_dir; start it with horovodrun -np 2, or "
+        f"with {VENV_BIN / 'mpiexec'}"
+    ], proc.stderr[-3000:]
+    assert not model_dir.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    "environ, outcome",
+    [
+        ({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "0"}, "error"),
+        ({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "3"}, "quiet exit"),
+        ({"PMI_SIZE": "2", "PMI_RANK": "0"}, "error"),  # MPICH's or Intel MPI's mpiexec
+        ({"OMPI_COMM_WORLD_SIZE": "1", "OMPI_COMM_WORLD_RANK": "0"}, "runs"),  # mpiexec -np 1
+        ({}, "runs"),  # python main.py
+    ],
+)
+def test_one_process_of_several_an_mpi_launcher_started_is_refused_by_the_launchers_rank_0(
+    environ, outcome, monkeypatch
+):
+    monkeypatch.setattr(process, "_horovod_has_mpi", lambda: True)  # importing Horovod forks
+    check_launcher_size = process.check_launcher_size
+    check_launcher_size(4, "horovod", environ)  # a job of the launcher's size runs
+    if outcome == "runs":
+        check_launcher_size(1, "horovod", environ)
+    elif outcome == "quiet exit":  # the others leave with the same status, saying nothing
+        with pytest.raises(SystemExit) as left:
+            check_launcher_size(1, "horovod", environ)
+        assert left.value.code == 2
+    else:
+        n, name = next((v, k) for k, v in environ.items() if k.endswith("_SIZE"))
+        with pytest.raises(UserError, match=rf"^started by mpiexec as {n} processes \({name}={n}\), but each joined a --distribution=horovod job of 1: .* start it with horovodrun -np {n}"):  # fmt: skip
+            check_launcher_size(1, "horovod", environ)
 
 
 def test_the_migration_page_lists_every_spelling_of_the_table():
