@@ -60,7 +60,10 @@ class CheckpointManager:
                 )
             except UserError as e:
                 outcome = ("error", str(e))
-        outcome = self.dist.broadcast_object(outcome, name="restore_outcome")
+        # Every rank learns the outcome and which checkpoint it came from (named in messages).
+        outcome, self.last_saved = self.dist.broadcast_object(
+            (outcome, self.last_saved), name="restore_outcome"
+        )
         if outcome[0] == "error":
             raise UserError(outcome[1])
         averages = ema.all_averages if ema is not None else []
@@ -128,11 +131,34 @@ class CheckpointManager:
         optimizer_variables: list,
         epoch: float,
         ema: WeightAverage | None = None,
-    ) -> None:
+    ) -> Path | None:
         """Writes a checkpoint on the chief and prunes old ones; a non-finite state stops the
-        run instead of pushing good checkpoints out. `optimizer_variables` exclude `ema`'s."""
-        if not self.dist.is_chief or self.model_dir is None:
-            return
+        run instead of pushing good checkpoints out. `optimizer_variables` exclude `ema`'s.
+
+        A collective: every rank calls it and returns only once the chief's write has ended,
+        with its path (None without a model_dir), or raises the chief's error. A rank that
+        left while the chief still wrote would lose the checkpoint: Open MPI's launcher ends
+        the whole job as soon as one rank exits non-zero (measured: the chief killed before
+        its write finished).
+        """
+        outcome: tuple[str, Any] = ("saved", None)
+        if self.dist.is_chief and self.model_dir is not None:
+            try:
+                outcome = ("saved", self._write(step, model, optimizer_variables, epoch, ema))
+            except TrainingStopped as e:
+                outcome = ("stopped", (str(e), e.exit_code))
+            except UserError as e:
+                outcome = ("error", str(e))
+        kind, value = self.dist.broadcast_object(outcome, name="checkpoint_written")
+        if kind == "stopped":
+            raise TrainingStopped(*value)
+        if kind == "error":
+            raise UserError(value)
+        if value is not None:
+            self.last_saved = value
+        return value
+
+    def _write(self, step, model, optimizer_variables, epoch, ema) -> Path:
         metadata = {**self.metadata, "epoch": epoch}
         if ema is not None:
             metadata["ema_decay"] = ema.decay
@@ -148,16 +174,21 @@ class CheckpointManager:
                 exit_code=NONFINITE_EXIT_CODE,
             ) from None
         checkpoints.prune_checkpoints(self.model_dir, self.keep)
-        self.last_saved = path
         logging.info("saved checkpoint %s", path)
+        return path
 
-    def mark_preempted(self, step: int, signum: int | None) -> None:
-        """Records, next to the checkpoint just saved, that the run stopped for preemption."""
-        if not self.dist.is_chief or self.model_dir is None:
-            return
-        name = signal.Signals(signum).name if signum else "a signal on another rank"
-        record = {"step": step, "signal": name, "checkpoint": str(self.last_saved)}
-        (self.model_dir / PREEMPTED_FILE).write_text(json.dumps(record) + "\n")
+    def mark_preempted(self, step: int, signum: int | None) -> Path | None:
+        """Records, next to the checkpoint just saved, that the run stopped for preemption
+        (tfconvnets-launch reads it after the launcher exits). A collective, as `save`: every
+        rank returns once the mark is written, with the checkpoint's path (None: none saved)."""
+        if self.dist.is_chief and self.model_dir is not None:
+            name = signal.Signals(signum).name if signum else "a signal on another rank"
+            record = {"step": step, "signal": name, "checkpoint": str(self.last_saved)}
+            try:
+                (self.model_dir / PREEMPTED_FILE).write_text(json.dumps(record) + "\n")
+            except OSError as e:  # the checkpoint is what matters; the mark only labels it
+                logging.error("could not write %s: %s", self.model_dir / PREEMPTED_FILE, e)
+        return self.dist.broadcast_object(self.last_saved, name="preemption_marked")
 
 
 def _loaded(model: keras.Model, meta: dict[str, Any], averaged: list[str]) -> str:

@@ -8,6 +8,10 @@ seconds into `<model_dir>/heartbeats/`, and a rank that has made no progress for
 --stall_check_seconds names the ranks whose heartbeat stopped or fell behind. After
 --stall_shutdown_seconds without progress it ends its process (exit 70), and the launcher
 ends the job. Ranks on other hosts are visible only when --model_dir is a shared directory.
+
+While every rank waits for the chief's checkpoint write, no rank may leave (a launcher that
+sees one rank exit ends the others, the writer with them): that wait counts as progress for
+as long as the chief's heartbeat shows it running, and as a stall once it stops.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ class StallWatchdog:
         # Armed by the first step this run finishes: the first step compiles, which may take
         # minutes with XLA, and is no stall.
         self._armed = self._reported = False
+        self._waiting_on: int | None = None  # the rank whose work every rank waits for
+        # Held while the thread decides to end the process, and by the loop to pause it: a
+        # pause that has begun is never overtaken by an exit decided before it.
+        self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
 
@@ -63,11 +71,25 @@ class StallWatchdog:
     @contextlib.contextmanager
     def paused(self):
         """Evaluation, checkpoints, a new epoch's pipeline: bounded work, not a step."""
-        self._paused += 1
+        with self._lock:
+            self._paused += 1
         try:
             yield
         finally:
             self._paused -= 1
+            self._progress_at = time.monotonic()
+
+    @contextlib.contextmanager
+    def waiting_for(self, rank: int):
+        """Work of `rank` (the chief's checkpoint write) that every rank waits for: progress
+        while its heartbeat is fresh, a stall once it stops (even inside `paused`); a rank
+        whose heartbeat this one cannot see (no shared --model_dir) is not known to run."""
+        with self._lock:
+            previous, self._waiting_on = self._waiting_on, rank
+        try:
+            yield
+        finally:
+            self._waiting_on = previous
             self._progress_at = time.monotonic()
 
     def stop(self) -> None:
@@ -85,20 +107,36 @@ class StallWatchdog:
     def _watch(self) -> None:
         while not self._stopping.wait(self.interval):
             self._write_heartbeat()
-            idle = time.monotonic() - self._progress_at
-            if self._paused or not self._armed or idle < self.check_seconds:
-                self._reported = False
-                continue
-            if not self._reported:
-                self._reported = True
-                self._report(idle)
-            if self.shutdown_seconds and idle >= self.shutdown_seconds:
-                logging.error(
-                    "ending the job: no progress for %.0f s after step %d "
-                    "(--stall_shutdown_seconds=%g)", idle, self._step, self.shutdown_seconds,
-                )  # fmt: skip
-                logging.flush()
-                os._exit(STALLED_EXIT_CODE)
+            with self._lock:
+                self._check()
+
+    def _check(self) -> None:
+        waiting_on = self._waiting_on
+        if waiting_on is not None and self.is_running(waiting_on, time.time()):
+            self._progress_at = time.monotonic()
+        idle = time.monotonic() - self._progress_at
+        bounded = self._paused and waiting_on is None
+        if bounded or not self._armed or idle < self.check_seconds:
+            self._reported = False
+            return
+        if not self._reported:
+            self._reported = True
+            self._report(idle)
+        if self.shutdown_seconds and idle >= self.shutdown_seconds:
+            logging.error(
+                "ending the job: no progress for %.0f s after step %d "
+                "(--stall_shutdown_seconds=%g)", idle, self._step, self.shutdown_seconds,
+            )  # fmt: skip
+            logging.flush()
+            os._exit(STALLED_EXIT_CODE)
+
+    def is_running(self, rank: int, now: float) -> bool:
+        """Whether `rank`'s heartbeat is fresh (this rank's own process runs, by definition)."""
+        if rank == self.dist.rank:
+            return True
+        return any(
+            b["rank"] == rank and now - b["time"] <= self._stale_after for b in self.heartbeats()
+        )
 
     def _write_heartbeat(self) -> None:
         if self.directory is None:
@@ -113,6 +151,11 @@ class StallWatchdog:
             tmp.write_text(json.dumps(beat))
             os.replace(tmp, path)
 
+    @property
+    def _stale_after(self) -> float:
+        """A heartbeat older than this: its writer does not run (three missed beats)."""
+        return 3 * self.interval + 1
+
     def heartbeats(self) -> list[dict]:
         """The heartbeats this rank can see (its own host's ranks, all with a shared dir)."""
         if self.directory is None:
@@ -126,11 +169,10 @@ class StallWatchdog:
     def stalled_ranks(self, now: float) -> list[str]:
         """Each visible rank whose heartbeat stopped (its process does not run) or whose step
         is behind this rank's, in words."""
-        stale_after = 3 * self.interval + 1
         found = []
         for b in self.heartbeats():
             where = f"rank {b['rank']} (pid {b['pid']} on {b['host']})"
-            if now - b["time"] > stale_after:
+            if now - b["time"] > self._stale_after:
                 found.append(
                     f"{where} has not run for {now - b['time']:.0f} s (stopped, or its host is "
                     f"unreachable), last after step {b['step']}"

@@ -207,11 +207,14 @@ class Trainer:
             if at_epoch_end and self._evaluation_due(step):
                 self._evaluate(step)
         if self.dist.any(preemption.received is not None, name="preempted"):
-            self.save_checkpoint(step)
-            self.checkpoints.mark_preempted(step, preemption.received)
+            with clock.paused(), self._waiting_for_chief():
+                self.save_checkpoint(step)
+                # Every rank waits for the chief's mark too, and names the checkpoint the
+                # chief reports written: no rank says "saved" before it exists.
+                path = self.checkpoints.mark_preempted(step, preemption.received)
+            saved = f"checkpoint saved: {path}" if path else "nothing saved (no --model_dir)"
             raise TrainingStopped(
-                f"preempted by a signal at step {step}; checkpoint saved in "
-                f"{self.config.loop.model_dir}; run the same command to resume",
+                f"preempted by a signal at step {step}; {saved}; run the same command to resume",
                 exit_code=PREEMPTED_EXIT_CODE,
             )
 
@@ -230,6 +233,12 @@ class Trainer:
         """Bounded work between steps, which the stall watchdog does not count."""
         return self._watchdog.paused() if self._watchdog else contextlib.nullcontext()
 
+    def _waiting_for_chief(self) -> contextlib.AbstractContextManager:
+        """The chief's checkpoint write, which every rank waits for: the stall watchdog counts
+        it as progress while the chief runs (runtime/stall.py)."""
+        chief = 0
+        return self._watchdog.waiting_for(chief) if self._watchdog else contextlib.nullcontext()
+
     def _evaluation_due(self, step: int) -> bool:
         """Every `eval_every` epochs; the final evaluation happens after the loop."""
         epoch = step // self.schedule.steps_per_epoch
@@ -246,13 +255,16 @@ class Trainer:
         self.dist.average_variables(statistics, name="bn_statistics")
 
     def save_checkpoint(self, step: int) -> None:
+        """A collective: every rank returns once the chief's write has ended (or raises its
+        error), so that no rank leaves, on any stop path, while the chief still writes."""
         if step == self._last_saved_step:
             return
         self._last_saved_step = step
         self._estimate_ema_statistics(step)
-        self.sync_batch_norm_statistics()
-        epoch = step / self.schedule.steps_per_epoch
-        self.checkpoints.save(step, self.model, self.optimizer_state, epoch, self.ema)
+        with self._waiting_for_chief():
+            self.sync_batch_norm_statistics()
+            epoch = step / self.schedule.steps_per_epoch
+            self.checkpoints.save(step, self.model, self.optimizer_state, epoch, self.ema)
 
     def _estimate_ema_statistics(self, step: int) -> None:
         """With --ema_decay, the BN statistics of the averaged weights at `step` (once per

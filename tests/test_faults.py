@@ -26,6 +26,8 @@ from tests.launch import (
     HOROVODRUN,
     REPO_ROOT,
     SMOKE_ARCH,
+    VENV_BIN,
+    mpirun_root_env,
     run,
     subprocess_env,
     with_arch,
@@ -59,9 +61,9 @@ def horovod_cmd(args: list[str]) -> list[str]:
     ]
 
 
-def start(cmd: list[str]) -> subprocess.Popen:
+def start(cmd: list[str], **env: str) -> subprocess.Popen:
     return subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+        cmd, cwd=REPO_ROOT, env=subprocess_env(**env), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
 
@@ -180,9 +182,15 @@ def test_sigterm_to_one_worker_checkpoints_and_resumes_exactly(
     assert list(losses) == list(range(1, 17)), list(losses)
     assert losses == step_losses(reference)
 
+    assert_same_final_weights(reference, interrupted, step=16)
+
+
+def assert_same_final_weights(reference: Path, resumed: Path, step: int) -> None:
+    """The newest checkpoints of an uninterrupted run and of a stopped and resumed one, both at
+    `step`, hold the same weights and optimizer state."""
     meta_a, arrays_a = final_arrays(reference)
-    meta_b, arrays_b = final_arrays(interrupted)
-    assert meta_a["step"] == meta_b["step"] == 16
+    meta_b, arrays_b = final_arrays(resumed)
+    assert meta_a["step"] == meta_b["step"] == step
     trainable = {
         i for i, (path, _) in enumerate(meta_a["model_variables"]) if "moving_" not in path
     }
@@ -245,6 +253,59 @@ def test_a_cancelled_job_script_checkpoints_and_exits_75_through_tfconvnets_laun
     marker = json.loads((tmp_path / PREEMPTED_FILE).read_text())
     assert marker["signal"] == "SIGUSR1"
     assert checkpoints.list_checkpoints(tmp_path)[0].name == f"ckpt-{marker['step']:09d}"
+
+
+# The two launchers of a 2-rank job on this host, as the tests and the sbatch scripts run them.
+LAUNCHERS = {
+    "horovodrun": [str(HOROVODRUN), "-np", "2", "-H", "localhost:2", "--gloo"],
+    "mpirun": [str(VENV_BIN / "mpirun"), "-np", "2", "--bind-to", "none"],
+}
+# Longer than a rank takes to leave after its "stopped:" line (about 15 s measured under
+# mpirun, 2026-12-07), so that a rank that did not wait would be gone before the write began.
+SLOW_WRITE_SECONDS = "30"
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_no_rank_leaves_before_the_chiefs_slow_preemption_checkpoint_is_written(launcher, tmp_path):
+    """The job is signalled (SIGTERM to tfconvnets-launch, which sends SIGUSR1 to both ranks)
+    while the chief's checkpoint write is slow. Each rank says "checkpoint saved" only once the
+    checkpoint exists, and leaves only then: before, rank 1 said so and left at once, and Open
+    MPI's launcher, which ends the job when a rank exits non-zero, killed the chief mid-write."""
+    launch = str(Path(sys.executable).with_name("tfconvnets-launch"))
+    worker = [
+        sys.executable, "tests/workers/slow_checkpoint/main.py", *SYNTHETIC_TRAIN,
+        "--num_iter=100000", "--display_every=1", "--checkpoint_every=100000",
+        f"--model_dir={tmp_path}",
+    ]  # fmt: skip
+    proc = start(
+        [launch, "--", *LAUNCHERS[launcher], *worker],
+        SLOW_CHECKPOINT_SECONDS=SLOW_WRITE_SECONDS,
+        **mpirun_root_env(),
+    )
+    lines: list[str] = []
+    wait_for_step(proc, 2, lines)
+    proc.send_signal(signal.SIGTERM)
+    claims = []  # (step, checkpoint named, whether it existed when the line was read)
+    for line in proc.stdout:
+        lines.append(line)
+        said = re.search(
+            r"stopped: preempted by a signal at step (\d+); checkpoint saved: (\S+);", line
+        )
+        if said:
+            claims.append((int(said.group(1)), said.group(2), Path(said.group(2)).is_dir()))
+    output = "".join(lines)
+    returncode = proc.wait(timeout=300)
+    assert "slow checkpoint: the write starts in" in output
+    step = int(re.search(r"preempted by a signal at step (\d+)", output).group(1))
+    written = [p.name for p in checkpoints.list_checkpoints(tmp_path)]
+    assert written == [f"ckpt-{step:09d}"], output[-3000:]
+    assert returncode == 75, output[-3000:]
+    assert json.loads((tmp_path / PREEMPTED_FILE).read_text())["step"] == step
+    # Both ranks named the checkpoint, and it existed when they said so.
+    assert claims == [(step, str(tmp_path / f"ckpt-{step:09d}"), True)] * 2, output[-3000:]
+    assert not list(tmp_path.glob(".tmp-*"))
 
 
 def test_the_launch_wrapper_passes_other_exit_codes_on(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging as py_logging
+import re
 import time
 
 from runtime.distributed import Distributed
@@ -77,3 +78,27 @@ def test_without_a_model_dir_it_says_what_it_cannot_see(caplog):
         time.sleep(2.5)
         watchdog.stop()
     assert "other ranks' progress is visible only with --model_dir" in caplog.text
+
+
+def test_waiting_for_the_chiefs_checkpoint_is_progress_while_the_chief_runs(tmp_path, caplog):
+    """Every rank waits for the chief's checkpoint write, and none may leave meanwhile: the wait
+    counts as progress while the chief's heartbeat is fresh, even within a pause, and as a
+    stall naming the chief once its heartbeat stops."""
+    rank_1 = Distributed(rank=1, size=2, local_rank=1, local_size=2)
+    watchdog = StallWatchdog(rank_1, str(tmp_path), check_seconds=1, shutdown_seconds=0)
+    with caplog.at_level(py_logging.WARNING):
+        watchdog.start(step=2)
+        try:
+            watchdog.beat(3)
+            with watchdog.paused(), watchdog.waiting_for(0):
+                for _ in range(8):  # 4 s of a chief that writes, with a live heartbeat
+                    write_beat(watchdog.directory, 0, step=3, age=0)
+                    time.sleep(0.5)
+                assert "stall:" not in caplog.text
+                write_beat(watchdog.directory, 0, step=3, age=60)  # the chief stopped
+                time.sleep(2.5)
+        finally:
+            watchdog.stop()
+    reports = [r for r in caplog.records if "stall:" in r.getMessage()]
+    assert len(reports) == 1 and reports[0].levelno == py_logging.ERROR, caplog.text
+    assert re.search(r"rank 0 \(pid 100 on node7\) has not run for \d+ s", reports[0].getMessage())
