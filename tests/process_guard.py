@@ -12,12 +12,16 @@ from __future__ import annotations
 import contextlib
 import multiprocessing.util
 import os
+import platform
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 MARK = "subprocess"
+# Importing TensorFlow asks platform.processor(), which runs `uname -p` once per process and
+# caches it: asked here, before any test is guarded, that is not a test's process.
+platform.processor()
 # Fixtures whose set-up starts processes: their users start them too (when the fixture is made
 # for them, or would be when run alone).
 SPAWNING_FIXTURES = frozenset(
