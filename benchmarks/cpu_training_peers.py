@@ -48,6 +48,11 @@ SIDES = {
     "tfconvnets-eigen": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
     "torchvision": ("torch", {}),
 }
+# Environment that caps the vector ISA of the libraries that pick kernels at run time.
+ISA_LIMITS = {
+    "native": {},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
 TORCH_INSTALL_HINT = (
     "install PyTorch to compare with torchvision: .venv/bin/pip install torch torchvision "
     "(or pass --torch_python=PYTHON of an environment that has them)"
@@ -63,6 +68,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup_steps", type=int, default=3, help="once, before the rounds")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--torch_python", default=sys.executable, help="python with torch")
+    parser.add_argument(
+        "--cpu_isa",
+        choices=tuple(ISA_LIMITS),
+        default="native",
+        help="avx2: oneDNN (TensorFlow's and PyTorch's) and MKL limited to AVX2, as on an "
+        "AVX2-only CPU such as AMD EPYC before Zen 4",
+    )
     parser.add_argument("--output_json")
     # The role of a child process (internal).
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
@@ -161,7 +173,10 @@ class Worker:
         self.proc = subprocess.Popen(
             argv, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "OMP_NUM_THREADS": str(args.threads), **SIDES[name][1]},
+            env={
+                **os.environ, "OMP_NUM_THREADS": str(args.threads), **ISA_LIMITS[args.cpu_isa],
+                **SIDES[name][1],
+            },
         )  # fmt: skip
         self.probe: dict = {}
 
@@ -236,7 +251,7 @@ def main() -> int:
         [("side", "", "<30"), ("median", "median", ">8.2f"), ("min", "min", ">8.2f"),
          ("max", "max", ">8.2f"), ("n", "rounds", ">6d")],
         title=f"ResNet-50 training, fp32, {args.image_size} px, batch {args.batch_size}, "
-        f"{args.threads} threads, {info['processor']} ({info['date']})",
+        f"{args.threads} threads, {info['processor']}, ISA {args.cpu_isa} ({info['date']})",
     )  # fmt: skip
     numerics = results["onednn_vs_eigen"]
     print(
