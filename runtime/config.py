@@ -59,7 +59,10 @@ class LoopConfig(Section):
     checkpoint_every: int = option(1000, "Checkpoint every N steps (and at each epoch end).")
     keep_checkpoints: int = option(5, "How many checkpoints to keep.")
     max_nonfinite_steps: int = option(
-        1, "Stop after this many consecutive non-finite losses (fp16 steps are skipped first)."
+        1,
+        "Non-finite updates are skipped, never applied; stop when this many steps in a row "
+        "are bad: a non-finite loss, or non-finite gradients with no dynamic loss scale to "
+        "lower. Counts only with float16 loss scaling; otherwise the first bad step stops.",
     )
     display_every: int = option(10, "Log every N steps.")
     model_dir: str | None = option(
