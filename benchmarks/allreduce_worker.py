@@ -1,7 +1,9 @@
-"""One Horovod rank of benchmarks/allreduce.py (launched by it with horovodrun; not run alone).
+"""One rank of benchmarks/allreduce.py (launched by it with horovodrun, or with tfconvnets-launch
+--distribution=tensorflow; not run alone).
 
 Times, alternating in rounds so drift cancels: the product's gradient averaging
-(Distributed.average_gradients = one hvd.grouped_allreduce, fp32 and fp16-compressed) of
+(Distributed.average_gradients: one hvd.grouped_allreduce, or one batched TensorFlow
+collective, fp32 and fp16-compressed) of
 tensors shaped like resnet50's trainable variables; the product's TrainStep without the
 allreduce (compute only: loss, grads, SGD apply); and the full TrainStep (compute + allreduce).
 Rank 0 writes the results as JSON.
@@ -24,6 +26,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--allreduce_reps", type=int, default=5, help="per round and kind")
     parser.add_argument("--steps", type=int, default=3, help="training steps per round and kind")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--distribution", choices=("horovod", "tensorflow"), default="horovod")
     parser.add_argument("--result_file", required=True)
     return parser.parse_args()
 
@@ -31,7 +34,6 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     quiet_tensorflow()
-    import horovod.tensorflow as hvd
     import numpy as np
     import tensorflow as tf
 
@@ -40,8 +42,9 @@ def main() -> None:
     from runtime.factory import build_model, build_training
     from runtime.steps import TrainStep
 
-    dist = Distributed.init()
-    configure_devices(dist)  # the product's split of the cores between local ranks
+    dist = Distributed.init(args.distribution)
+    gpu_id = configure_devices(dist)  # the product's split of the cores between local ranks
+    dist.connect(gpu=gpu_id is not None)
     local = Distributed(rank=dist.rank, size=1, local_rank=0, local_size=1)  # no allreduce
     size = args.image_size
 
@@ -64,13 +67,10 @@ def main() -> None:
     images = tf.random.normal([args.batch_size, size, size, 3], seed=dist.rank)
     labels = tf.random.uniform([args.batch_size], 0, 1000, dtype=tf.int32, seed=dist.rank)
 
-    def barrier() -> None:
-        dist.sum(tf.constant(0), name="barrier").numpy()
-
     def time_allreduce(kind: str) -> list[float]:
         times = []
         for _ in range(args.allreduce_reps):
-            barrier()
+            dist.barrier()
             start = time.perf_counter()
             out = average[kind](grads)
             out[-1].numpy()
@@ -80,7 +80,7 @@ def main() -> None:
     def time_steps(step: TrainStep) -> list[float]:
         times = []
         for i in range(args.steps):
-            barrier()
+            dist.barrier()
             start = time.perf_counter()
             step(images, labels, tf.constant(i, tf.int64)).total.numpy()
             times.append(time.perf_counter() - start)
@@ -92,18 +92,21 @@ def main() -> None:
         "compute_step": lambda: time_steps(compute_step),
         "full_step": lambda: time_steps(full_step),
     }
+    if args.steps == 0:  # the allreduce alone
+        kinds = {k: fn for k, fn in kinds.items() if k.startswith("allreduce")}
     for fn in kinds.values():  # warm-up: traces every function, one call each
         fn()
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(args.rounds):
         for kind in list(kinds) if r % 2 == 0 else list(reversed(kinds)):
             times[kind].extend(kinds[kind]())
-    all_times = hvd.allgather_object(times, name="times")
+    all_times = dist.allgather_object(times, name="times")
     if dist.is_chief:
         with open(args.result_file, "w") as f:
             json.dump(
                 {
                     "world_size": dist.size,
+                    "distribution": args.distribution,
                     "num_tensors": len(shapes),
                     "num_floats": num_floats,
                     "threads_per_rank": tf.config.threading.get_intra_op_parallelism_threads(),
