@@ -3,6 +3,7 @@ script submitted to a single-node Slurm cluster that the test starts on this mac
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from runtime.checkpointing import PREEMPTED_FILE
 from tests.launch import (
     HOROVODRUN,
     REPO_ROOT,
@@ -24,6 +26,7 @@ from tests.launch import (
     run,
     subprocess_env,
 )
+from tests.test_faults import assert_same_final_weights
 from tfconvnets import checkpoints
 from tfconvnets.dllogger import read_log
 
@@ -238,6 +241,20 @@ class SlurmCluster:
         )
         return dict(f.split("=", 1) for f in proc.stdout.split() if "=" in f)
 
+    def scancel(self, *args: str) -> None:
+        subprocess.run(["scancel", *args], env=self.env, check=True, capture_output=True)
+
+    def wait_for_step(self, job_id: str, output: Path, step: int) -> None:
+        """Until the job's output logs a training step >= `step`."""
+
+        def reached() -> bool:
+            if self.job(job_id).get("JobState") in self.TERMINAL:
+                raise AssertionError(f"job {job_id} ended early\n{output.read_text()[-3000:]}")
+            text = output.read_text() if output.exists() else ""
+            return any(int(s) >= step for s in re.findall(r"step (\d+): total_loss", text))
+
+        self._wait_for(reached, f"step {step} of job {job_id}", limit=1800)
+
     def wait(self, job_id: str, limit: float = 1800) -> dict[str, str]:
         self._wait_for(
             lambda: self.job(job_id).get("JobState") in self.TERMINAL, f"job {job_id}", limit
@@ -274,23 +291,96 @@ def slurm(tmp_path_factory):
         cluster.stop()
 
 
+STEPS = 30
+
+
+def submit(slurm: SlurmCluster, data_dir: str, model_dir: Path, output: Path) -> str:
+    """The one-node script with 2 tasks on the CPU: STEPS steps, 6 epochs of the 80 small
+    digits (DALI on the CPU)."""
+    return slurm.sbatch(
+        "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={output}",
+        str(SLURM_SCRIPT), *train_args(data_dir, model_dir, STEPS),
+        DATA_DIR=data_dir, MODEL_DIR=str(model_dir), **mpirun_root_env(),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_job(slurm, small_digits_tfrecords, tmp_path_factory) -> dict:
+    """One uninterrupted job: the test of the script, and the reference of exact resume."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    model_dir, output = root / "model", root / "job.out"
+    job = slurm.wait(submit(slurm, small_digits_tfrecords, model_dir, output))
+    log = output.read_text() if output.exists() else "(no job output)"
+    return {"job": job, "log": log, "model_dir": model_dir}
+
+
 @pytest.mark.slow
-def test_one_node_sbatch_script_trains_under_a_real_slurm(slurm, small_digits_tfrecords, tmp_path):
+def test_one_node_sbatch_script_trains_under_a_real_slurm(slurm, uninterrupted_job):
     """The job script runs `mpirun -np $SLURM_NTASKS python main.py`: this is also the test of
     training under Open MPI's own launcher (DALI on the CPU, 2 ranks): 30 steps, 6 epochs of
     the 80 small digits, in which the cross-entropy falls."""
-    digits_tfrecords = small_digits_tfrecords
-    model_dir = tmp_path / "model"
-    output = tmp_path / "job.out"
-    job_id = slurm.sbatch(
-        "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={output}",
-        str(SLURM_SCRIPT), *train_args(digits_tfrecords, model_dir, 30),
-        DATA_DIR=digits_tfrecords, MODEL_DIR=str(model_dir), **mpirun_root_env(),
-    )  # fmt: skip
-    job = slurm.wait(job_id)
-    log = output.read_text() if output.exists() else "(no job output)"
+    job, log, model_dir = (uninterrupted_job[k] for k in ("job", "log", "model_dir"))
     assert job["JobState"] == "COMPLETED", f"{job}\n{log[-5000:]}\n{slurm.logs()}"
     assert job["ExitCode"] == "0:0"
-    assert_trained_in_step(log, model_dir, ranks=2, steps=30)
+    assert_trained_in_step(log, model_dir, ranks=2, steps=STEPS)
     assert_learned(model_dir)
     assert "tfconvnets: launcher exited with 0" in log
+
+
+def assert_stopped_with_a_checkpoint(log: str, model_dir: Path) -> int:
+    """Both ranks stopped at one step, named its checkpoint, and it is the newest; returns
+    the step."""
+    said = re.findall(
+        r"stopped: preempted by a signal at step (\d+); checkpoint saved: (\S+);", log
+    )
+    assert len(said) == 2 and said[0] == said[1], log[-5000:]
+    step = int(said[0][0])
+    assert said[0][1] == str(model_dir / f"ckpt-{step:09d}")
+    assert checkpoints.list_checkpoints(model_dir)[0].name == f"ckpt-{step:09d}"
+    assert json.loads((model_dir / PREEMPTED_FILE).read_text())["step"] == step
+    return step
+
+
+@pytest.mark.slow
+def test_slurms_advance_warning_checkpoints_exits_75_and_resumes_exactly(
+    slurm, small_digits_tfrecords, uninterrupted_job, tmp_path
+):
+    """`#SBATCH --signal=B:USR1@120` signals the batch shell only; `scancel --batch
+    --signal=USR1` does the same now. The script forwards it to the ranks (through
+    tfconvnets-launch): they checkpoint the step reached, the job exits 75, and the job
+    submitted again resumes there and trains as the uninterrupted job did, step for step."""
+    model_dir, output = tmp_path / "model", tmp_path / "job.out"
+    job_id = submit(slurm, small_digits_tfrecords, model_dir, output)
+    slurm.wait_for_step(job_id, output, 7)  # in the second epoch (5 steps each)
+    slurm.scancel("--batch", "--signal=USR1", job_id)
+    job = slurm.wait(job_id)
+    log = output.read_text()
+    assert job["ExitCode"] == "75:0", f"{job}\n{log[-5000:]}"
+    assert "tfconvnets: launcher exited with 75" in log
+    assert "SIGUSR1 forwarded to 2 training process(es)" in log
+    stopped_at = assert_stopped_with_a_checkpoint(log, model_dir)
+    assert 7 <= stopped_at < STEPS
+
+    again = tmp_path / "again.out"
+    job = slurm.wait(submit(slurm, small_digits_tfrecords, model_dir, again))
+    log = again.read_text()
+    assert job["JobState"] == "COMPLETED", f"{job}\n{log[-5000:]}"
+    assert f"resumed at step {stopped_at}" in log
+    # Each step's loss (both jobs append to one log) and the final weights are the
+    # uninterrupted job's: the same data in the same order.
+    assert losses(model_dir) == losses(uninterrupted_job["model_dir"])
+    assert_same_final_weights(uninterrupted_job["model_dir"], model_dir, step=STEPS)
+
+
+@pytest.mark.slow
+def test_a_plain_scancel_checkpoints_the_step_reached(slurm, small_digits_tfrecords, tmp_path):
+    """`scancel <job>` sends SIGTERM to every process of the job, mpirun included (which
+    would end the ranks at once): the ranks checkpoint within Slurm's KillWait all the same."""
+    model_dir, output = tmp_path / "model", tmp_path / "job.out"
+    job_id = submit(slurm, small_digits_tfrecords, model_dir, output)
+    slurm.wait_for_step(job_id, output, 3)
+    slurm.scancel(job_id)
+    job = slurm.wait(job_id)
+    log = output.read_text()
+    assert job["JobState"] == "CANCELLED", f"{job}\n{log[-5000:]}"
+    assert 3 <= assert_stopped_with_a_checkpoint(log, model_dir) < STEPS
