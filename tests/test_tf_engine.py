@@ -337,6 +337,34 @@ def test_sigterm_to_one_worker_checkpoints_exits_75_and_resumes_exactly(
             np.testing.assert_array_equal(a, b, err_msg=path)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_accumulation_and_evaluation_summed_over_ranks_match_horovod(
+    small_digits_tfrecords, tmp_path
+):
+    """Gradient accumulation (2 batches per update) and train_and_evaluate: each rank
+    evaluates half of the 40 validation digits and the counts are summed; the TensorFlow
+    engine's evaluation line and final weights equal Horovod's."""
+
+    def args(model_dir: Path) -> list[str]:
+        base = cluster_train_args(small_digits_tfrecords, model_dir, 4)
+        return [a for a in base if a != "--mode=train"] + [
+            "--mode=train_and_evaluate", "--accumulation_steps=2",
+        ]  # fmt: skip
+
+    tf_run = run(launch_cmd(args(tmp_path / "tf")), timeout=900)
+    cmd = [str(HOROVODRUN), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, "main.py"]
+    horovod = run([*cmd, *args(tmp_path / "horovod")], timeout=900)
+    outputs = {"tf": tf_run.stdout + tf_run.stderr, "horovod": horovod.stdout + horovod.stderr}
+    evals = {
+        k: re.findall(r"step \d+ eval: top1 \S+ top5 \S+ \(\d+ images\)", o)
+        for k, o in outputs.items()
+    }
+    assert evals["tf"] and evals["tf"][-1].endswith("(40 images)"), outputs["tf"][-3000:]
+    assert evals["tf"] == evals["horovod"]
+    assert fingerprints(outputs["tf"])[1] == fingerprints(outputs["horovod"])[0]
+
+
 SLURM_SCRIPT = REPO_ROOT / "examples" / "slurm" / "tensorflow_one_node_8gpu.sbatch"
 
 
