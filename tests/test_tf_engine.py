@@ -339,6 +339,26 @@ def test_sigterm_to_one_worker_checkpoints_exits_75_and_resumes_exactly(
 
 @pytest.mark.slow
 @pytest.mark.subprocess
+def test_a_signal_to_the_launcher_reaches_every_worker_and_exits_75(tmp_path):
+    """A job script's SIGTERM (scancel, the time limit) goes to tfconvnets-launch, which passes
+    it to its workers as SIGUSR1: they checkpoint, and the launcher exits 75."""
+    args = [
+        f"--arch={SMOKE_ARCH}", "--image_size=32", "--num_classes=10", "--batch_size=4",
+        "--data_backend=synthetic", "--mode=train", "--noprogress_bar", "--iter_unit=batch",
+        "--num_iter=100000", "--display_every=1", f"--model_dir={tmp_path}",
+    ]  # fmt: skip
+    proc, lines = start(launch_cmd(args)), []
+    wait_for_step(proc, 2, lines)
+    proc.send_signal(signal.SIGTERM)
+    output = "".join(lines) + proc.communicate(timeout=300)[0]
+    assert "SIGTERM forwarded to 2 training process(es) as SIGUSR1" in output
+    assert proc.returncode == 75, output[-3000:]
+    marker = json.loads((tmp_path / PREEMPTED_FILE).read_text())
+    assert checkpoints.list_checkpoints(tmp_path)[0].name == f"ckpt-{marker['step']:09d}"
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_accumulation_and_evaluation_summed_over_ranks_match_horovod(
     small_digits_tfrecords, tmp_path
 ):
