@@ -210,6 +210,7 @@ def assert_same_final_weights(reference: Path, resumed: Path, step: int) -> None
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1], ids=["SIGINT", "SIGUSR1"])
+@pytest.mark.subprocess
 def test_sigint_or_a_schedulers_sigusr1_exits_75_with_a_checkpoint(signum, tmp_path):
     proc = start(
         [
@@ -232,6 +233,7 @@ def test_sigint_or_a_schedulers_sigusr1_exits_75_with_a_checkpoint(signum, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_cancelled_job_script_checkpoints_and_exits_75_through_tfconvnets_launch(tmp_path):
     """A scheduler signals the job script. `horovodrun` alone would end its workers within
     Horovod's 5 s grace and exit 1; `tfconvnets-launch` forwards the signal to the workers,
@@ -308,6 +310,7 @@ def test_no_rank_leaves_before_the_chiefs_slow_preemption_checkpoint_is_written(
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+@pytest.mark.subprocess
 def test_the_launch_wrapper_passes_other_exit_codes_on(tmp_path):
     from runtime.launch import FORWARDED, exit_code, main, model_dir_of
 
@@ -323,6 +326,7 @@ def test_the_launch_wrapper_passes_other_exit_codes_on(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_stuck_worker_is_named_and_ends_the_job_in_bounded_time(tmp_path):
     """SIGSTOP keeps a worker alive but silent: the job must end instead of waiting for ever,
     and say which rank stopped. Horovod's stall inspector prints nothing here (its thread
@@ -362,6 +366,7 @@ def test_a_stuck_worker_is_named_and_ends_the_job_in_bounded_time(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_killed_worker_ends_the_job_quickly(tmp_path):
     proc = start(
         horovod_cmd(
@@ -412,6 +417,7 @@ def test_corrupt_latest_checkpoint_is_skipped_and_a_crashed_write_is_ignored(tra
     assert checkpoints.latest_valid_checkpoint(model_dir)[1]["step"] == 90
 
 
+@pytest.mark.subprocess
 def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
     model_dir = tmp_path / "small_disk"
     model_dir.mkdir()
@@ -442,6 +448,7 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
         subprocess.run(["umount", str(model_dir)])
 
 
+@pytest.mark.subprocess
 def test_diverging_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path):
     out = main_py(
         *SYNTHETIC_TRAIN,
@@ -698,6 +705,7 @@ def test_bad_data_and_configuration_fail_before_training(
     assert not re.search(r"step \d+: total_loss", out.stderr)
 
 
+@pytest.mark.subprocess
 def test_missing_shards_and_empty_data_dir(tmp_path):
     out = main_py(
         *DIGITS,
