@@ -28,7 +28,11 @@ from runtime.cluster import (
 )
 from runtime.launch import parse_tensorflow_launch, tf_config
 from tests.launch import HOROVODRUN, REPO_ROOT, SMOKE_ARCH, run, subprocess_env
-from tests.test_cluster import assert_learned, slurm  # noqa: F401 (slurm: a fixture)
+from tests.test_cluster import (  # noqa: F401 (slurm: a fixture)
+    assert_learned,
+    assert_stopped_with_a_checkpoint,
+    slurm,
+)
 from tests.test_cluster import train_args as cluster_train_args
 from tests.test_faults import final_arrays, start, step_losses, wait_for_step, worker_pids
 from tfconvnets import checkpoints
@@ -429,3 +433,33 @@ def test_the_tensorflow_sbatch_script_trains_under_a_real_slurm_with_srun(
     assert list(step_losses(model_dir)) == list(range(1, STEPS + 1))
     assert_learned(model_dir)
     assert "tfconvnets: srun exited with 0" in log
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_scancel_and_the_batch_shells_warning_reach_every_srun_task(
+    slurm,  # noqa: F811 (the fixture imported above)
+    small_digits_tfrecords,
+    tmp_path,
+):
+    """A plain `scancel` (SIGTERM to every process of the job) and a warning to the batch
+    shell only (`scancel --batch --signal=USR1`, what `--signal=B:USR1@120` sends) both make
+    every task checkpoint at the step reached; the warning's job exits 75."""
+    for name, scancel_args in [("plain", ()), ("warning", ("--batch", "--signal=USR1"))]:
+        model_dir, output = tmp_path / name / "model", tmp_path / name / "job.out"
+        output.parent.mkdir()
+        job_id = slurm.sbatch(
+            "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={output}",
+            str(SLURM_SCRIPT), *train_args(small_digits_tfrecords, model_dir),
+            DATA_DIR=small_digits_tfrecords, MODEL_DIR=str(model_dir),
+        )  # fmt: skip
+        slurm.wait_for_step(job_id, output, 3)
+        slurm.scancel(*scancel_args, job_id)
+        job = slurm.wait(job_id)
+        log = output.read_text()
+        assert 3 <= assert_stopped_with_a_checkpoint(log, model_dir) < STEPS, name
+        if name == "warning":
+            assert job["ExitCode"] == "75:0", f"{job}\n{log[-3000:]}"
+            assert "tfconvnets: srun exited with 75" in log
+        else:
+            assert job["JobState"] == "CANCELLED", f"{job}\n{log[-3000:]}"
