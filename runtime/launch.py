@@ -210,7 +210,8 @@ def wait_for_workers(workers: list[subprocess.Popen]) -> int:
     dead one."""
     first_failure, failed_at, killed = 0, None, False
     while True:
-        codes = [w.poll() for w in workers]
+        # A worker ended by a signal reports -N; a shell's 128 + N is what a job's status can hold.
+        codes = [None if (c := w.poll()) is None else (128 - c if c < 0 else c) for w in workers]
         for code in codes:
             if code not in (None, 0) and not first_failure:
                 first_failure = code

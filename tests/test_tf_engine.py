@@ -363,6 +363,25 @@ def test_a_signal_to_the_launcher_reaches_every_worker_and_exits_75(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.subprocess
+def test_a_killed_worker_ends_the_job_instead_of_hanging(tmp_path):
+    """SIGKILL to one worker: the other would wait in a collective; the launcher ends it after
+    its grace period and exits with the killed worker's status (128 + 9)."""
+    args = [
+        f"--arch={SMOKE_ARCH}", "--image_size=32", "--num_classes=10", "--batch_size=4",
+        "--data_backend=synthetic", "--mode=train", "--noprogress_bar", "--iter_unit=batch",
+        "--num_iter=100000", "--display_every=1", f"--model_dir={tmp_path}",
+    ]  # fmt: skip
+    proc, lines = start(launch_cmd(args)), []
+    wait_for_step(proc, 2, lines)
+    os.kill(random.choice(worker_pids(proc)), signal.SIGKILL)
+    output = "".join(lines) + proc.communicate(timeout=300)[0]
+    # The killed worker's status; the other one's collective fails (gRPC: socket closed) or
+    # the launcher ends it after FAILURE_GRACE_SECONDS.
+    assert proc.returncode == 137, output[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_accumulation_and_evaluation_summed_over_ranks_match_horovod(
     small_digits_tfrecords, tmp_path
 ):
