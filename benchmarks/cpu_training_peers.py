@@ -7,7 +7,9 @@ Each side is a long-lived child process that builds its model once and then runs
 steps whenever the parent asks; the parent alternates the order of the two every round, so
 both meet the same load from other processes, and the two frameworks never compete for the
 cores. Reported per side: images/s (median of the rounds, with the spread), and the ratios
-tfconvnets / torchvision and oneDNN / Eigen per round. The two TensorFlow sides build the same
+tfconvnets / torchvision and oneDNN / Eigen per round, by wall time and by the workers' CPU
+time (images per CPU second: less disturbed by other load on a shared machine, but it counts
+the CPU that OpenMP's waiting threads burn). The two TensorFlow sides build the same
 seeded model on the same batch, so their first-step losses and logits show what oneDNN
 changes in the numbers.
 
@@ -109,13 +111,11 @@ def tfconvnets_stepper(args: argparse.Namespace):
     logits = model(images[:2], training=False).numpy()
     counter = [0]
 
-    def run(n: int) -> float:
-        start = time.perf_counter()
+    def run(n: int) -> None:
         for _ in range(n):
             losses = step(images, labels, tf.constant(counter[0], tf.int64))
             counter[0] += 1
         losses.total.numpy()
-        return time.perf_counter() - start
 
     first_loss = float(step(images, labels, tf.constant(0, tf.int64)).total.numpy())
     counter[0] = 1
@@ -136,15 +136,13 @@ def torchvision_stepper(args: argparse.Namespace):
     images = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 1000, (batch,))
 
-    def run(n: int) -> float:
-        start = time.perf_counter()
+    def run(n: int) -> None:
         for _ in range(n):
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(images), labels)
             loss.backward()
             optimizer.step()
         float(loss)
-        return time.perf_counter() - start
 
     return run, {}
 
@@ -158,7 +156,10 @@ def worker_main(args: argparse.Namespace) -> None:
     run(args.warmup_steps)
     print(json.dumps({"ready": True, **probe}), flush=True)
     for line in sys.stdin:
-        print(json.dumps({"seconds": run(int(line))}), flush=True)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        run(int(line))
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu}), flush=True)
 
 
 # --- parent --------------------------------------------------------------------------------
@@ -190,10 +191,12 @@ class Worker:
     def ready(self) -> None:
         self.probe = self._reply()
 
-    def round(self, steps: int) -> float:
+    def round(self, steps: int) -> tuple[float, float]:
+        """(wall seconds, process CPU seconds) of `steps` steps."""
         self.proc.stdin.write(f"{steps}\n")
         self.proc.stdin.flush()
-        return self._reply()["seconds"]
+        reply = self._reply()
+        return reply["seconds"], reply["cpu_seconds"]
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -222,22 +225,31 @@ def main() -> int:
     for worker in workers:  # one at a time: building and warming up use the cores too
         worker.ready()
     ips: dict[str, list[float]] = {name: [] for name in names}
+    per_cpu_second: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
         order = workers if r % 2 == 0 else workers[::-1]
         for worker in order:
-            seconds = worker.round(args.steps)
+            seconds, cpu_seconds = worker.round(args.steps)
             ips[worker.name].append(args.steps * args.batch_size / seconds)
+            per_cpu_second[worker.name].append(args.steps * args.batch_size / cpu_seconds)
         print(f"round {r + 1}/{args.rounds}: "
               + ", ".join(f"{n} {v[-1]:.1f} img/s" for n, v in ips.items()), flush=True)  # fmt: skip
     for worker in workers:
         worker.close()
     rows = [{"side": name, **spread(values)} for name, values in ips.items()]
-    results: dict = {"images_per_second": {row["side"]: row for row in rows}}
+    results: dict = {
+        "images_per_second": {row["side"]: row for row in rows},
+        "images_per_cpu_second": {n: spread(v) for n, v in per_cpu_second.items()},
+    }
     for a, b in (("tfconvnets", "torchvision"), ("tfconvnets", "tfconvnets-eigen")):
         if b in ips:
             ratios = [x / y for x, y in zip(ips[a], ips[b], strict=True)]
             results[f"ratio_{a}_over_{b}"] = spread(ratios)
             rows.append({"side": f"ratio {a}/{b}", **spread(ratios)})
+            cpu = per_cpu_second
+            cpu_ratios = [x / y for x, y in zip(cpu[a], cpu[b], strict=True)]
+            results[f"cpu_time_ratio_{a}_over_{b}"] = spread(cpu_ratios)
+            rows.append({"side": "  same, by CPU time", **spread(cpu_ratios)})
     onednn, eigen = (w.probe for w in workers[:2])
     logits = np.asarray(onednn["logits"]), np.asarray(eigen["logits"])
     results["onednn_vs_eigen"] = {
