@@ -17,7 +17,7 @@ from typing import Any
 
 from tfconvnets.config import Section, flag_name, flag_text, option, require, require_given
 from tfconvnets.data import DataConfig
-from tfconvnets.deploy import EXPORT_FORMATS
+from tfconvnets.deploy import EXPORT_FORMATS, INT8_ACTIVATIONS
 from tfconvnets.models import ModelConfig
 from tfconvnets.optimization import OptimizationConfig
 
@@ -232,6 +232,12 @@ class RunModeConfig(Section):
     )
     calibration_images: int = option(
         512, "onnx-int8: validation images of --data_dir (eval preprocessing) to calibrate on."
+    )
+    int8_activations: str = option(
+        "asymmetric",
+        "onnx-int8 activations: uint8 with a zero point (asymmetric), or int8 with zero point 0 "
+        "(symmetric: what TensorRT needs to build an engine from the QDQ model).",
+        choices=INT8_ACTIVATIONS,
     )
     onnx_provider: str = option(
         "CPUExecutionProvider",

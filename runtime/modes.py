@@ -124,7 +124,7 @@ def restore_trained_model(ctx: Context) -> keras.Model:
 def _export(ctx: Context, model: keras.Model) -> str | None:
     """Writes the --export_format artifacts on the chief (INT8 calibrates on --data_dir)."""
     from tfconvnets.deploy.artifacts import export_artifacts
-    from tfconvnets.deploy.precision import calibration_images
+    from tfconvnets.deploy.precision import Int8Options, calibration_images
 
     config = ctx.config
     if not (config.run.export_dir and ctx.dist.is_chief):
@@ -138,6 +138,7 @@ def _export(ctx: Context, model: keras.Model) -> str | None:
     export_artifacts(
         model, config.run.export_dir, formats, image_size=config.data.eval_size,
         xla=config.compute.xla, calibration_images=calibration,
+        int8_options=Int8Options.for_activations(config.run.int8_activations),
     )  # fmt: skip
     print(f"exported {', '.join(formats)}: {config.run.export_dir}", flush=True)
     if config.optimization.ema_decay and config.run.training:

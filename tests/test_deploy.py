@@ -13,8 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from absl import flags
 
+import runtime.modes  # TensorFlow and Keras, imported while collecting (no process then)
+import tfconvnets.deploy.artifacts
+import tfconvnets.deploy.precision
+from model_configs import resolve_config
+from runtime.distributed import Distributed
+from runtime.flags import define_flags, given_values
+from runtime.process import Context
+from runtime.reporting import Reporter
 from tests.launch import REPO_ROOT, subprocess_env
+from tfconvnets.deploy.precision import Int8Options
 from tfconvnets.errors import UserError
 from tfconvnets.models import MODEL_SPECS, list_models
 
@@ -380,3 +390,148 @@ def test_bad_requests_get_one_line_errors(resnet50_export, tmp_path):
         with pytest.raises(UserError, match=message) as error:
             call()
         assert "\n" not in str(error.value)
+
+
+# --- INT8 accuracy on the demo's trained model ---------------------------------------------
+
+# Runs in a fresh process: the classes each ONNX model of each export dir gives the images.
+CLASSES_SNIPPET = r"""
+import json, sys
+import numpy as np
+from tfconvnets.deploy.predictors import load_artifact
+images = np.load(sys.argv[1])
+out = {}
+for name, export_dir, fmt in (a.split(":") for a in sys.argv[2:]):
+    predict = load_artifact(export_dir, fmt, num_threads=1)
+    out[name] = np.concatenate(
+        [predict(images[i : i + 64])["classes"] for i in range(0, len(images), 64)]
+    ).tolist()
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_int8(demo_run, tmp_path_factory) -> dict:
+    """The demo's trained model (resnet50, 32 px, 3 epochs) as fp32 ONNX and as INT8 with each
+    --int8_activations, INT8 calibrated on 256 train-split digits (eval preprocessing: the
+    scored digits play no part in its ranges); each model's classes for the 360 held-out
+    digits, computed in a fresh process."""
+    from tfconvnets import checkpoints
+    from tfconvnets.data import DataConfig
+    from tfconvnets.deploy import INT8_ACTIVATIONS
+    from tfconvnets.deploy.artifacts import export_artifacts
+    from tfconvnets.deploy.precision import calibration_images, eval_images
+    from tfconvnets.models import create_model
+
+    out_dir, root = demo_run["out_dir"], tmp_path_factory.mktemp("demo_int8")
+    model = create_model("resnet50", NUM_CLASSES, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    path, meta, arrays = checkpoints.latest_valid_checkpoint(out_dir / "model")
+    checkpoints.assign_variables(model.variables, meta["model_variables"], arrays, "model", "")
+    data = DataConfig(
+        backend="tf", data_dir=str(out_dir / "tfrecords"), image_size=IMAGE_SIZE,
+        num_classes=NUM_CLASSES,
+    )  # fmt: skip
+    calibration = calibration_images(data, 256, split="train")
+    images, labels = eval_images(data, 1 << 30, split="validation")
+    runs = []
+    for activations in INT8_ACTIVATIONS:
+        export_dir = root / activations
+        export_artifacts(
+            model, export_dir, ["onnx", "onnx-int8"], image_size=IMAGE_SIZE, xla=False,
+            calibration_images=calibration, int8_options=Int8Options.for_activations(activations),
+        )  # fmt: skip
+        runs.append(f"{activations}:{export_dir}:onnx-int8")
+    np.save(root / "images.npy", images)
+    proc = subprocess.run(
+        [sys.executable, "-c", CLASSES_SNIPPET, str(root / "images.npy"),
+         f"fp32:{root / 'asymmetric'}:onnx", *runs],
+        cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    classes = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"root": root, "labels": labels, **{k: np.asarray(v) for k, v in classes.items()}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activations", ["asymmetric", "symmetric"])
+def test_int8_keeps_the_demo_models_top1_within_a_point_of_fp32(demo_int8, activations):
+    """On the 360 held-out digits: INT8 top-1 at most 1 point under fp32 ONNX, and at most
+    1% of the predictions (3 digits) changed by the quantization."""
+    labels, fp32, int8 = demo_int8["labels"], demo_int8["fp32"], demo_int8[activations]
+    assert len(labels) == len(fp32) == len(int8) == 360
+    top1_fp32, top1_int8 = np.mean(fp32 == labels), np.mean(int8 == labels)
+    assert top1_fp32 > 0.5  # a trained model: a real test of the quantization
+    flipped = int(np.sum(int8 != fp32))
+    assert top1_int8 >= top1_fp32 - 0.01 and flipped <= 0.01 * len(
+        labels
+    ), f"fp32 {top1_fp32:.4f}, INT8 {top1_int8:.4f}, {flipped} predictions changed"
+
+
+def quantization_of(path: Path) -> tuple[list[np.ndarray], list[str]]:
+    """The zero points of the QuantizeLinear nodes of activations (weights are initializers),
+    and what produces each input of the classifier (Gemm): a node's op type, or initializer."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producers = {output: n.op_type for n in graph.node for output in n.output}
+    (gemm,) = [n for n in graph.node if n.op_type == "Gemm"]
+    zero_points = [
+        initializers[node.input[2]]
+        for node in graph.node
+        if node.op_type == "QuantizeLinear" and node.input[0] not in initializers
+    ]
+    return zero_points, [producers.get(name, "initializer") for name in gemm.input]
+
+
+@pytest.mark.slow
+def test_the_int8_models_quantize_activations_as_asked_and_keep_the_classifier_float(
+    demo_int8,
+):
+    """Symmetric: int8 activations with zero point 0, what TensorRT builds an engine from; the
+    default keeps uint8 with a zero point. In both, the classifier reads float values."""
+    symmetric, sym_gemm = quantization_of(demo_int8["root"] / "symmetric" / "model_int8.onnx")
+    asymmetric, gemm = quantization_of(demo_int8["root"] / "asymmetric" / "model_int8.onnx")
+    assert len(symmetric) > 50 and len(asymmetric) > 50
+    assert all(z.dtype == np.int8 and not z.any() for z in symmetric)
+    assert all(z.dtype == np.uint8 for z in asymmetric) and any(z.any() for z in asymmetric)
+    for producers in (gemm, sym_gemm):
+        assert producers[1:] == ["initializer"] * 2  # float weights: not from a Dequantize
+
+
+def test_int8_activations_is_a_flag_that_reaches_the_int8_export(monkeypatch, tmp_path):
+    """--int8_activations is generated from the run config, checked with one line, and
+    `--mode=evaluate/train --export_format=onnx-int8` quantizes with it."""
+    values = flags.FlagValues()
+    define_flags(values)
+    values(["main.py", "--int8_activations=symmetric"])
+    assert "TensorRT" in values["int8_activations"].help
+    config = resolve_config(
+        {
+            "mode": "evaluate", "model_dir": str(tmp_path / "m"), "data_dir": str(tmp_path),
+            "data_backend": "tf", "export_dir": str(tmp_path / "export"),
+            "export_format": "onnx-int8", **given_values(values),
+        }
+    )  # fmt: skip
+    assert config.run.int8_activations == "symmetric"
+    synthetic = {"mode": "evaluate", "model_dir": "m", "data_backend": "synthetic"}
+    assert resolve_config(synthetic).run.int8_activations == "asymmetric"
+    with pytest.raises(UserError) as raised:
+        resolve_config({**synthetic, "int8_activations": "sym"})
+    assert "--int8_activations" in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(UserError, match=r"^--int8_activations=int4: expected one of"):
+        Int8Options.for_activations("int4")
+
+    used = []
+    monkeypatch.setattr(
+        tfconvnets.deploy.precision, "calibration_images", lambda *a, **k: np.zeros((1, 8, 8, 3))
+    )
+    monkeypatch.setattr(
+        tfconvnets.deploy.artifacts, "export_artifacts", lambda *a, **k: used.append(k)
+    )
+    single = Distributed(rank=0, size=1, local_rank=0, local_size=1)
+    reporter = Reporter(enabled=True, log_path=None, tensorboard_dir=None, progress=False)
+    runtime.modes._export(Context(config, single, reporter), model=None)
+    (kwargs,) = used
+    assert kwargs["int8_options"] == Int8Options(activation_type="int8", symmetric_activations=True)
