@@ -523,6 +523,7 @@ def test_the_loop_counts_updates_and_refuses_more_accumulation_than_an_epoch(tmp
         make_trainer(too_many, eval_data=False)
 
 
+@pytest.mark.subprocess
 def test_accumulating_2_batches_on_one_rank_is_the_update_of_2_ranks(tmp_path):
     """horovodrun -np 2 (batch 4 each, k=1) against one process (batch 4, k=2), BN live.
 

@@ -126,6 +126,7 @@ def _checkpoint_probabilities(model_dir: Path, images: np.ndarray) -> np.ndarray
     return tf.nn.softmax(model(normalized, training=False)).numpy()
 
 
+@pytest.mark.subprocess
 def test_benchmark_modes_and_model_summary(tmp_path):
     bench = [
         *SMALL,
@@ -158,6 +159,7 @@ def test_data_benchmark_mode(digits_tfrecords, tmp_path):
     assert re.search(r"^DLL .* - \(\) ", out.stdout, re.M), out.stdout
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("arch", ["resnext101-32x4d", "se-resnext101-32x4d"])
 def test_101_layer_archs_train_on_cpu(arch, tmp_path):
     """On a CPU without XLA the grouped convolutions take the split path; both must train."""
@@ -174,6 +176,7 @@ def test_101_layer_archs_train_on_cpu(arch, tmp_path):
     assert re.search(r"train_throughput : \d+\.\d+ images/s", out.stdout), out.stdout
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -190,6 +193,7 @@ def test_bad_flags_get_one_line_errors(args, expected):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "recipe",
     [["--amp", "--amp_dtype=float16"], ["--amp", "--amp_dtype=bfloat16"], ["--mixup=0.2"]],
@@ -262,6 +266,7 @@ def test_only_input_errors_trigger_the_record_scan():
     assert not is_input_error(tf.errors.InternalError(None, None, "XLA compilation failed"))
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_data_benchmark_refuses_to_run_under_horovodrun():
     proc = horovodrun(
