@@ -30,14 +30,22 @@ VENV="$(realpath -m "${VENV:-$ROOT/.venv}")"
 PYTHON="${PYTHON:-python3}"
 HOROVOD_VERSION=0.28.1
 # Bump when the way Horovod is patched or built changes: it is part of the cache key.
-HOROVOD_RECIPE=4
+HOROVOD_RECIPE=5
 DALI_PLUGIN="nvidia-dali-tf-plugin-cuda120==2.4.0"
 CACHE_DIR="${TFCONVNETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tfconvnets}"
 # Compute capabilities of Horovod's own CUDA kernels (SASS for each, PTX for the last).
 # CUDA 13 (the pip compiler) starts at sm_75; TF 2.21's own kernels start at sm_60.
 CUDA_CC_LIST="${HOROVOD_BUILD_CUDA_CC_LIST:-75,80,86,89,90,100,120}"
 
-step() { CURRENT_STEP="$*"; echo "==> [setup] $*"; }
+SETUP_START=$(date +%s)
+STEP_START=$SETUP_START
+STEP_TIMES=""
+end_step() {  # the time of the step that just ended, for the summary at the end
+  local now; now=$(date +%s)
+  if [[ -n "${CURRENT_STEP:-}" ]]; then STEP_TIMES+="    $((now - STEP_START)) s  ${CURRENT_STEP}"$'\n'; fi
+  STEP_START=$now
+}
+step() { end_step; CURRENT_STEP="$*"; echo "==> [setup] $*"; }
 die() { echo "!! [setup] $*" >&2; exit 1; }
 trap 'echo "!! [setup] FAILED during: ${CURRENT_STEP:-start}" >&2' ERR
 
@@ -140,6 +148,14 @@ if ! ls "$WHEEL_DIR"/horovod-*.whl >/dev/null 2>&1; then
   if grep -q xla_mpi_ops.cc "$SRC/horovod/tensorflow/CMakeLists.txt"; then
     die "could not drop xla_mpi_ops.cc from horovod's CMakeLists.txt"
   fi
+  # Build time: TF 2.21 is a C++17 build, which links Horovod's own copy of Gloo
+  # (compatible17_gloo); the plain `gloo` target serves only C++11 frameworks, so it is built
+  # only when something links it. And a Release build: RelWithDebInfo's -g made a 54 MB
+  # library and a slower compile (docs/setup.md has both measured).
+  sed -i 's|^    add_subdirectory(third_party/gloo)$|    add_subdirectory(third_party/gloo EXCLUDE_FROM_ALL)|' "$SRC/CMakeLists.txt"
+  sed -i "s/else 'RelWithDebInfo'/else 'Release'/" "$SRC/setup.py"
+  grep -q "third_party/gloo EXCLUDE_FROM_ALL" "$SRC/CMakeLists.txt" && grep -q "else 'Release'" "$SRC/setup.py" ||
+    die "could not patch horovod's build (plain gloo out of 'all', Release build type)"
   # TF 2.21 no longer exports stream_executor::gpu::AsGpuStreamValue (a GPU build would
   # fail at import with an undefined symbol). Its replacement is
   # Stream::platform_specific_handle().stream (xla/stream_executor/stream.h).
@@ -281,4 +297,6 @@ print(f"tensorflow {tf.__version__}, keras {keras.__version__}, horovod {built},
 PY
 
 touch "$STAMP"
-echo "==> [setup] done: $VENV ($FLAVOUR flavour)"
+end_step
+echo "==> [setup] done in $(($(date +%s) - SETUP_START)) s: $VENV ($FLAVOUR flavour)"
+printf '%s' "$STEP_TIMES"
