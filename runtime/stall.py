@@ -9,6 +9,10 @@ seconds into `<model_dir>/heartbeats/`, and a rank that has made no progress for
 --stall_shutdown_seconds without progress it ends its process (exit 70), and the launcher
 ends the job. Ranks on other hosts are visible only when --model_dir is a shared directory.
 
+It runs from the start of training, before the first step: a rank seen stopped (its heartbeat
+stale) is no compile, so it is named and ends the job within the same limits; with every rank
+alive, the first step's tracing and compiling get --stall_startup_seconds more.
+
 While every rank waits for the chief's checkpoint write, no rank may leave (a launcher that
 sees one rank exit ends the others, the writer with them): that wait counts as progress for
 as long as the chief's heartbeat shows it running, and as a stall once it stops.
@@ -40,15 +44,18 @@ class StallWatchdog:
         *,
         check_seconds: float,
         shutdown_seconds: float,
+        startup_seconds: float,
     ) -> None:
         self.dist, self.check_seconds, self.shutdown_seconds = dist, check_seconds, shutdown_seconds
+        self.startup_seconds = startup_seconds
         self.directory = Path(model_dir, HEARTBEAT_DIR) if model_dir else None
         # Heartbeats come often enough that a stopped rank is told from a slow one well within
         # the check time.
         self.interval = max(0.5, min(5.0, check_seconds / 5))
         self._step, self._progress_at, self._paused = 0, time.monotonic(), 0
-        # Armed by the first step this run finishes: the first step compiles, which may take
-        # minutes with XLA, and is no stall.
+        self._started_at = time.time()
+        # Armed by the first step this run finishes; until then the first step's tracing and
+        # compiling (minutes with XLA) get startup_seconds more, unless a rank is seen stopped.
         self._armed = self._reported = False
         self._waiting_on: int | None = None  # the rank whose work every rank waits for
         # Held while the thread decides to end the process, and by the loop to pause it: a
@@ -57,12 +64,23 @@ class StallWatchdog:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
 
-    def start(self, step: int) -> StallWatchdog:
+    def start(self, step: int = 0) -> StallWatchdog:
         self._step, self._progress_at = step, time.monotonic()
+        self._started_at = time.time()
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
+        self._write_heartbeat()  # at once: a rank stopped from now on is seen as stopped
         self._thread.start()
         return self
+
+    @property
+    def step(self) -> int:
+        """The last step this rank finished (or the one it resumed at)."""
+        return self._step
+
+    def restored(self, step: int) -> None:
+        """The step the run resumes at (the start-up is not over: no step has finished)."""
+        self._step = step
 
     def beat(self, step: int) -> None:
         """A step finished (assignments only: the training loop calls it every step)."""
@@ -116,19 +134,29 @@ class StallWatchdog:
             self._progress_at = time.monotonic()
         idle = time.monotonic() - self._progress_at
         bounded = self._paused and waiting_on is None
-        if bounded or not self._armed or idle < self.check_seconds:
+        starting = not self._armed and not self._stopped(time.time())
+        extra = self.startup_seconds if starting else 0
+        if bounded or idle < self.check_seconds + extra:
             self._reported = False
             return
         if not self._reported:
             self._reported = True
             self._report(idle)
-        if self.shutdown_seconds and idle >= self.shutdown_seconds:
+        if self.shutdown_seconds and idle >= self.shutdown_seconds + extra:
             logging.error(
                 "ending the job: no progress for %.0f s after step %d "
-                "(--stall_shutdown_seconds=%g)", idle, self._step, self.shutdown_seconds,
+                "(--stall_shutdown_seconds=%g%s)", idle, self._step, self.shutdown_seconds,
+                f", and --stall_startup_seconds={self.startup_seconds:g} before the first step"
+                if extra else "",
             )  # fmt: skip
             logging.flush()
             os._exit(STALLED_EXIT_CODE)
+
+    def _stopped(self, now: float) -> list[dict]:
+        """The ranks seen running in this run whose heartbeat went stale since: they do not run
+        (a heartbeat left by an earlier run that ended abruptly does not count)."""
+        since = self._started_at - self._stale_after
+        return [b for b in self.heartbeats() if since <= b["time"] < now - self._stale_after]
 
     def is_running(self, rank: int, now: float) -> bool:
         """Whether `rank`'s heartbeat is fresh (this rank's own process runs, by definition)."""
@@ -171,14 +199,25 @@ class StallWatchdog:
         is behind this rank's, in words."""
         found = []
         for b in self.heartbeats():
-            where = f"rank {b['rank']} (pid {b['pid']} on {b['host']})"
             if now - b["time"] > self._stale_after:
-                found.append(
-                    f"{where} has not run for {now - b['time']:.0f} s (stopped, or its host is "
-                    f"unreachable), last after step {b['step']}"
-                )
+                found.append(_not_running(b, now))
             elif b["step"] < self._step:
-                found.append(f"{where} is still at step {b['step']}")
+                found.append(f"{_where(b)} is still at step {b['step']}")
+        return found
+
+    def lost_ranks(self, now: float) -> list[str]:
+        """The ranks this rank cannot see running, in words: a stale heartbeat, or none at all
+        (for a collective that failed: one of them is the peer it lost)."""
+        beats = self.heartbeats()
+        found = [_not_running(b, now) for b in beats if now - b["time"] > self._stale_after]
+        if self.directory is not None:
+            seen = {b["rank"] for b in beats} | {self.dist.rank}
+            found += [
+                f"rank {r} (no heartbeat in {self.directory}: it ended, has not started, or "
+                "runs on a host that does not share this directory)"
+                for r in range(self.dist.size)
+                if r not in seen
+            ]
         return found
 
     def _report(self, idle: float) -> None:
@@ -201,3 +240,14 @@ class StallWatchdog:
             self.check_seconds, where,
         )  # fmt: skip
         logging.flush()
+
+
+def _where(beat: dict) -> str:
+    return f"rank {beat['rank']} (pid {beat['pid']} on {beat['host']})"
+
+
+def _not_running(beat: dict, now: float) -> str:
+    return (
+        f"{_where(beat)} has not run for {now - beat['time']:.0f} s (stopped, or its host is "
+        f"unreachable), last after step {beat['step']}"
+    )

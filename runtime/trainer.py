@@ -7,6 +7,7 @@ What the loop trains with is built by `runtime.factory`; the checkpoint protocol
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 
 import keras
@@ -15,6 +16,7 @@ from absl import logging
 
 from runtime.checkpointing import CheckpointManager
 from runtime.config import RunConfig
+from runtime.data_errors import is_lost_peer, lost_peer
 from runtime.distributed import Distributed, check_identical
 from runtime.evaluation import evaluate
 from runtime.factory import build_eval_step, build_training
@@ -71,6 +73,22 @@ class Trainer:
         self._last_saved_step = -1
 
     def train(self) -> dict:
+        """Trains from the newest checkpoint to the end of the schedule (or --num_iter). The
+        stall watchdog runs from here: a rank stuck before its first step is named too."""
+        self._watchdog = self._start_watchdog()
+        try:
+            return self._train()
+        except tf.errors.OpError as e:
+            if not is_lost_peer(e):
+                raise
+            # One line naming the ranks not seen running, not a traceback (nor a data error).
+            who = self._watchdog.lost_ranks(time.time()) if self._watchdog else None
+            raise lost_peer(e, who, self._watchdog.step if self._watchdog else None) from None
+        finally:
+            if self._watchdog:
+                self._watchdog.stop()
+
+    def _train(self) -> dict:
         start = self.checkpoints.restore(
             self.model,
             self.optimizer_state,
@@ -79,6 +97,8 @@ class Trainer:
         )
         if start:
             logging.info("resumed at step %d of %d", start, self.schedule.total_steps)
+        if self._watchdog:
+            self._watchdog.restored(start)
         end = self.schedule.total_steps
         loop = self.config.loop
         if loop.run_iter > 0:  # counted in --iter_unit, as NVIDIA's was
@@ -149,7 +169,6 @@ class Trainer:
     def _run_steps(self, step: int, end: int, clock: ThroughputClock) -> int:
         """Steps until `end`, with the periodic work at display, checkpoint and epoch steps."""
         preemption = PreemptionSignal()
-        self._watchdog = self._start_watchdog(step)
         data = None
         if clock.at_warmup_end(step):
             clock.start(step)
@@ -218,7 +237,7 @@ class Trainer:
                 exit_code=PREEMPTED_EXIT_CODE,
             )
 
-    def _start_watchdog(self, step: int) -> StallWatchdog | None:
+    def _start_watchdog(self) -> StallWatchdog | None:
         """Names a rank that stops making progress (runtime/stall.py); multi-rank runs only."""
         compute = self.config.compute
         if self.dist.size == 1 or not compute.stall_check_seconds:
@@ -227,7 +246,8 @@ class Trainer:
             self.dist, self.config.loop.model_dir,
             check_seconds=compute.stall_check_seconds,
             shutdown_seconds=compute.stall_shutdown_seconds,
-        ).start(step)  # fmt: skip
+            startup_seconds=compute.stall_startup_seconds,
+        ).start()  # fmt: skip
 
     def _not_a_step(self) -> contextlib.AbstractContextManager:
         """Bounded work between steps, which the stall watchdog does not count."""

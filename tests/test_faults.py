@@ -85,11 +85,12 @@ def wait_for_step(
 
 
 def worker_of_rank(proc: subprocess.Popen, rank: int) -> int:
-    """The pid of the training process that horovodrun started as `rank`."""
+    """The pid of the training process that horovodrun or mpirun started as `rank`."""
     import psutil
 
     for pid in worker_pids(proc):
-        if psutil.Process(pid).environ().get("HOROVOD_RANK") == str(rank):
+        environ = psutil.Process(pid).environ()
+        if str(rank) in (environ.get("HOROVOD_RANK"), environ.get("OMPI_COMM_WORLD_RANK")):
             return pid
     raise AssertionError(f"no worker of rank {rank} under pid {proc.pid}")
 
@@ -363,6 +364,111 @@ def test_a_stuck_worker_is_named_and_ends_the_job_in_bounded_time(tmp_path):
     assert named, output[-3000:]
     assert "ending the job: no progress for" in output and "(--stall_shutdown_seconds=20)" in output
     assert "Horovod detected that one or more processes exited with non-zero status" in output
+
+
+def stop_rank_1_before_its_first_step(proc: subprocess.Popen, lines: list[str]) -> int:
+    """SIGSTOPs rank 1 once rank 0 starts training (every rank has restored, so rank 1 runs
+    and is tracing its first step); returns its pid."""
+    for line in proc.stdout:
+        lines.append(line)
+        if "training steps 0.." in line:
+            stuck = worker_of_rank(proc, 1)
+            os.kill(stuck, signal.SIGSTOP)
+            return stuck
+    raise AssertionError("job ended early:\n" + "".join(lines[-40:]))
+
+
+def output_after_a_stop(proc: subprocess.Popen, lines: list[str], stuck: int) -> str:
+    try:
+        return "".join(lines) + proc.communicate(timeout=300)[0]
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+        pytest.fail("the job did not end within 300 s of a rank getting stuck:\n" + "".join(lines))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_rank_stuck_before_its_first_step_is_a_lost_peer_named_in_one_line(tmp_path):
+    """SIGSTOP to rank 1 while it traces its first step, under horovodrun (Gloo). Gloo gives
+    up on the stopped rank after 30 s and Horovod shuts down: rank 0 says so in one line that
+    names the rank whose heartbeat stopped, and exits 70; no traceback, no data diagnosis
+    (before: Horovod's error re-raised with a traceback through the data-error path, exit 1)."""
+    proc = start(
+        horovod_cmd(
+            [*SYNTHETIC_TRAIN, "--num_iter=100000", "--display_every=1", f"--model_dir={tmp_path}"]
+        )
+    )
+    lines: list[str] = []
+    stuck = stop_rank_1_before_its_first_step(proc, lines)
+    output = output_after_a_stop(proc, lines, stuck)
+    lost = re.search(
+        r"\[0\]<stderr>:stopped: a collective after step 0 lost a rank \(Horovod has been shut "
+        rf"down\): rank 1 \(pid {stuck} on \S+\) has not run for \d+ s .*; the job cannot go on",
+        output,
+    )
+    assert lost, output[-5000:]
+    assert "Process 0 exit with status code 70." in output
+    assert not re.search(r"\[\d\]<stderr>:Traceback", output), output[-5000:]
+    assert "reading the input failed" not in output and "undecodable" not in output
+    assert not re.search(r"step \d+: total_loss", output)  # it was before the first step
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_rank_stuck_before_its_first_step_ends_an_mpirun_job_in_bounded_time(tmp_path):
+    """Under mpirun (Horovod's MPI controller) nothing times out: a rank stopped while it
+    traces its first step held the job for ever, the watchdog being armed by the first step.
+    Now the watchdog runs from the start: a rank seen stopped is no compile, so it is named
+    after --stall_check_seconds and the job ends (70) after --stall_shutdown_seconds."""
+    args = [
+        *SYNTHETIC_TRAIN, "--num_iter=100000", "--display_every=1", f"--model_dir={tmp_path}",
+        "--stall_check_seconds=5", "--stall_shutdown_seconds=20",
+    ]  # fmt: skip
+    proc = start([*LAUNCHERS["mpirun"], sys.executable, "main.py", *args], **mpirun_root_env())
+    lines: list[str] = []
+    stuck = stop_rank_1_before_its_first_step(proc, lines)
+    output = output_after_a_stop(proc, lines, stuck)
+    named = re.search(
+        r"stall: rank 0 has made no progress for \d+ s after step 0 \(--stall_check_seconds=5\): "
+        rf"rank 1 \(pid {stuck} on \S+\) has not run for \d+ s",
+        output,
+    )
+    assert named, output[-5000:]
+    assert "ending the job: no progress for" in output and "(--stall_shutdown_seconds=20)" in output
+    assert proc.returncode == 70, output[-3000:]
+
+
+def test_a_lost_peer_is_one_line_and_never_a_data_error(monkeypatch, tmp_path):
+    """Horovod's error once a rank is gone carries the failing step's stack, the input pipeline
+    in it: it ends the run in one line (exit 70), without decoding the data set for bad records
+    (before: the scan ran when the stack mentioned the pipeline, then a traceback)."""
+    import tensorflow as tf
+
+    from runtime import data_errors
+    from runtime.preemption import TrainingStopped
+    from tfconvnets.data import DataConfig
+
+    def no_scan(*args):
+        raise AssertionError("the data set was scanned for bad records")
+
+    monkeypatch.setattr(data_errors, "diagnose_corrupt_records", no_scan)
+    text = (
+        "Graph execution error:\n\nDetected at node HorovodGroupedAllreduce_1 defined at (most "
+        "recent call last): ... {{function_node __wrapped__IteratorGetNext}} ... DALI ...\n"
+        "Horovod has been shut down. This was caused by an exception on one of the ranks or an "
+        "attempt to allreduce, allgather or broadcast a tensor after one of the ranks finished "
+        "execution."
+    )
+    data = DataConfig(backend="dali", data_dir=str(tmp_path))
+    error = data_errors.explain_data_error(tf.errors.UnknownError(None, None, text), data)
+    assert isinstance(error, TrainingStopped) and error.exit_code == 70
+    assert str(error) == (
+        "a collective lost a rank (Horovod has been shut down): not named here (no heartbeat "
+        "shows a rank stopped or gone: see the others' output); the job cannot go on"
+    )
 
 
 @pytest.mark.slow

@@ -26,7 +26,9 @@ def write_beat(directory, rank: int, step: int, age: float) -> None:
 
 
 def test_a_stopped_rank_and_a_rank_behind_are_named_a_live_one_is_not(tmp_path):
-    watchdog = StallWatchdog(RANK_0_OF_3, str(tmp_path), check_seconds=10, shutdown_seconds=0)
+    watchdog = StallWatchdog(
+        RANK_0_OF_3, str(tmp_path), check_seconds=10, shutdown_seconds=0, startup_seconds=0
+    )
     watchdog.start(step=12)
     try:
         time.sleep(watchdog.interval * 1.5)  # its own heartbeat is written by its thread
@@ -48,11 +50,13 @@ def test_a_stopped_rank_and_a_rank_behind_are_named_a_live_one_is_not(tmp_path):
 
 
 def test_no_progress_is_reported_once_and_not_while_paused(tmp_path, caplog):
-    watchdog = StallWatchdog(RANK_0_OF_3, str(tmp_path), check_seconds=1, shutdown_seconds=0)
+    watchdog = StallWatchdog(
+        RANK_0_OF_3, str(tmp_path), check_seconds=1, shutdown_seconds=0, startup_seconds=60
+    )
     with caplog.at_level(py_logging.WARNING):
         watchdog.start(step=2)
         try:
-            time.sleep(2.5)  # the first step (a compile) is no stall
+            time.sleep(2.5)  # the first step (tracing, compiling) has the start-up allowance
             watchdog.beat(3)
             with watchdog.paused():  # an evaluation longer than the check time
                 time.sleep(2.5)
@@ -71,7 +75,9 @@ def test_no_progress_is_reported_once_and_not_while_paused(tmp_path, caplog):
 
 
 def test_without_a_model_dir_it_says_what_it_cannot_see(caplog):
-    watchdog = StallWatchdog(RANK_0_OF_3, None, check_seconds=1, shutdown_seconds=0)
+    watchdog = StallWatchdog(
+        RANK_0_OF_3, None, check_seconds=1, shutdown_seconds=0, startup_seconds=0
+    )
     with caplog.at_level(py_logging.WARNING):
         watchdog.start(step=0)
         watchdog.beat(1)
@@ -85,7 +91,9 @@ def test_waiting_for_the_chiefs_checkpoint_is_progress_while_the_chief_runs(tmp_
     counts as progress while the chief's heartbeat is fresh, even within a pause, and as a
     stall naming the chief once its heartbeat stops."""
     rank_1 = Distributed(rank=1, size=2, local_rank=1, local_size=2)
-    watchdog = StallWatchdog(rank_1, str(tmp_path), check_seconds=1, shutdown_seconds=0)
+    watchdog = StallWatchdog(
+        rank_1, str(tmp_path), check_seconds=1, shutdown_seconds=0, startup_seconds=0
+    )
     with caplog.at_level(py_logging.WARNING):
         watchdog.start(step=2)
         try:
@@ -102,3 +110,48 @@ def test_waiting_for_the_chiefs_checkpoint_is_progress_while_the_chief_runs(tmp_
     reports = [r for r in caplog.records if "stall:" in r.getMessage()]
     assert len(reports) == 1 and reports[0].levelno == py_logging.ERROR, caplog.text
     assert re.search(r"rank 0 \(pid 100 on node7\) has not run for \d+ s", reports[0].getMessage())
+
+
+def test_before_the_first_step_a_rank_seen_stopped_is_named_and_a_compile_is_not(tmp_path, caplog):
+    """Before this run's first step, every rank alive means tracing or compiling: the limits
+    grow by the start-up allowance. A rank seen running and then stopped is no compile: it is
+    named within the check time. A heartbeat left by an earlier run does not count."""
+    watchdog = StallWatchdog(
+        RANK_0_OF_3, str(tmp_path), check_seconds=1, shutdown_seconds=0, startup_seconds=60
+    )
+    (tmp_path / "heartbeats").mkdir()
+    write_beat(watchdog.directory, 2, step=40, age=3600)  # an earlier run's, ended abruptly
+    with caplog.at_level(py_logging.WARNING):
+        watchdog.start(step=0)
+        try:
+            for _ in range(6):  # 3 s of rank 1 alive, compiling
+                write_beat(watchdog.directory, 1, step=0, age=0)
+                time.sleep(0.5)
+            assert "stall:" not in caplog.text
+            time.sleep(3)  # rank 1 stopped: its heartbeat goes stale
+        finally:
+            watchdog.stop()
+    reports = [r for r in caplog.records if "stall:" in r.getMessage()]
+    assert len(reports) == 1 and reports[0].levelno == py_logging.ERROR, caplog.text
+    assert re.search(
+        r"after step 0 \(--stall_check_seconds=1\): rank 1 \(pid 101 on node7\) has not run "
+        r"for \d+ s",
+        reports[0].getMessage(),
+    )
+
+
+def test_the_ranks_a_failed_collective_lost_are_those_not_seen_running(tmp_path):
+    watchdog = StallWatchdog(
+        RANK_0_OF_3, str(tmp_path), check_seconds=10, shutdown_seconds=0, startup_seconds=0
+    )
+    watchdog.start(step=5)
+    try:
+        write_beat(watchdog.directory, 1, step=5, age=40)
+        assert watchdog.lost_ranks(time.time()) == [
+            "rank 1 (pid 101 on node7) has not run for 40 s (stopped, or its host is "
+            "unreachable), last after step 5",
+            f"rank 2 (no heartbeat in {watchdog.directory}: it ended, has not started, or runs "
+            "on a host that does not share this directory)",
+        ]
+    finally:
+        watchdog.stop()
