@@ -128,6 +128,7 @@ def test_images(count: int = 16) -> np.ndarray:
 test_images.__test__ = False  # a helper, not a test
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("arch", list_models())
 def test_onnx_fp32_matches_the_savedmodel(arch, tmp_path, request):
     import onnx
