@@ -281,6 +281,8 @@ step "installing tfconvnets itself (editable: tfconvnets, runtime, model_configs
 step "checking the stack imports and that Horovod has TensorFlow, MPI, Gloo (and NCCL in the gpu flavour)"
 TFCONVNETS_FLAVOUR="$FLAVOUR" TFCONVNETS_HOROVOD="$HOROVOD" "$VENV/bin/python" - <<'PY'
 import os, sys
+from tfconvnets.console import import_tensorflow
+import_tensorflow()  # as every entry point loads it: without TensorFlow's start-up lines
 import tensorflow as tf, keras
 import nvidia.dali.plugin.tf  # noqa: F401
 import tfconvnets, runtime, model_configs  # noqa: F401
