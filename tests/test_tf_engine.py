@@ -4,6 +4,7 @@ processes started by `tfconvnets-launch --distribution=tensorflow -np 2` (and by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -482,3 +483,44 @@ def test_scancel_and_the_batch_shells_warning_reach_every_srun_task(
             assert "tfconvnets: srun exited with 75" in log
         else:
             assert job["JobState"] == "CANCELLED", f"{job}\n{log[-3000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_stuck_worker_is_named_and_ends_the_job_under_this_engine_too(tmp_path):
+    """SIGSTOP keeps a worker alive but silent while the other waits in TensorFlow's ring: the
+    stall watchdog (runtime/stall.py, engine-independent) names it from its heartbeat, as
+    under Horovod (tests/test_faults.py). Here the ring's collective gives up first (about
+    10 s, measured), and the rank left ends in one line naming the lost rank, exit 70."""
+    args = [
+        f"--arch={SMOKE_ARCH}", "--image_size=32", "--num_classes=10", "--batch_size=4",
+        "--data_backend=synthetic", "--mode=train", "--noprogress_bar", "--iter_unit=batch",
+        "--num_iter=100000", "--display_every=1", f"--model_dir={tmp_path}",
+        "--stall_check_seconds=5", "--stall_shutdown_seconds=20",
+    ]  # fmt: skip
+    proc, lines = start(launch_cmd(args)), []
+    wait_for_step(proc, 2, lines)
+    stuck = random.choice(worker_pids(proc))
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        output = "".join(lines) + proc.communicate(timeout=240)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the job did not end within 240 s of a worker getting stuck")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGKILL)
+    assert proc.returncode == 70, output[-3000:]
+    named = re.search(
+        r"stall: rank \d has made no progress for \d+ s after step \d+ \(--stall_check_seconds=5\): "
+        rf"rank \d \(pid {stuck} on \S+\) has not run for \d+ s",
+        output,
+    )
+    assert named, output[-3000:]
+    lost = re.search(
+        rf"stopped: a collective after step \d+ lost a rank .*rank \d \(pid {stuck} on \S+\)"
+        r".*the job cannot go on",
+        output,
+    )
+    assert lost, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
