@@ -326,6 +326,20 @@ def test_the_launch_wrapper_passes_other_exit_codes_on(tmp_path):
     assert exit_code(1, tmp_path, started=time.time() + 60) == 1  # an old mark does not count
 
 
+def output_after_stopping(proc: subprocess.Popen, stuck: int, lines: list[str]) -> str:
+    """SIGSTOPs worker `stuck`, then returns the job's whole output once it ends (a failure
+    after 240 s); the stopped worker is killed in any case."""
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        return "".join(lines) + proc.communicate(timeout=240)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the job did not end within 240 s of a worker getting stuck")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGKILL)
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_stuck_worker_is_named_and_ends_the_job_in_bounded_time(tmp_path):
@@ -346,15 +360,7 @@ def test_a_stuck_worker_is_named_and_ends_the_job_in_bounded_time(tmp_path):
     wait_for_step(proc, 2, lines)
     # Rank 0 coordinates and runs the stall inspector, so a non-coordinator rank gets stuck.
     stuck = worker_of_rank(proc, 1)
-    os.kill(stuck, signal.SIGSTOP)
-    try:
-        output = "".join(lines) + proc.communicate(timeout=240)[0]
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("the job did not end within 240 s of a worker getting stuck")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(stuck, signal.SIGKILL)
+    output = output_after_stopping(proc, stuck, lines)
     assert proc.returncode != 0, output[-3000:]
     named = re.search(
         r"stall: rank 0 has made no progress for \d+ s after step \d+ \(--stall_check_seconds=5\): "

@@ -4,7 +4,6 @@ processes started by `tfconvnets-launch --distribution=tensorflow -np 2` (and by
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -35,7 +34,14 @@ from tests.test_cluster import (  # noqa: F401 (slurm: a fixture)
     slurm,
 )
 from tests.test_cluster import train_args as cluster_train_args
-from tests.test_faults import final_arrays, start, step_losses, wait_for_step, worker_pids
+from tests.test_faults import (
+    final_arrays,
+    output_after_stopping,
+    start,
+    step_losses,
+    wait_for_step,
+    worker_pids,
+)
 from tfconvnets import checkpoints
 from tfconvnets.errors import UserError
 
@@ -263,6 +269,15 @@ def train_args(data_dir: str, model_dir: Path) -> list[str]:
     return cluster_train_args(data_dir, model_dir, STEPS)
 
 
+def endless_synthetic_run(model_dir: Path, *extra: str) -> list[str]:
+    """main.py arguments of a run on synthetic data that trains until it is stopped."""
+    return [
+        f"--arch={SMOKE_ARCH}", "--image_size=32", "--num_classes=10", "--batch_size=4",
+        "--data_backend=synthetic", "--mode=train", "--noprogress_bar", "--iter_unit=batch",
+        "--num_iter=100000", "--display_every=1", f"--model_dir={model_dir}", *extra,
+    ]  # fmt: skip
+
+
 def launch_cmd(args: list[str]) -> list[str]:
     return [LAUNCH, "--distribution=tensorflow", "-np", "2", "main.py", *args]
 
@@ -347,11 +362,7 @@ def test_sigterm_to_one_worker_checkpoints_exits_75_and_resumes_exactly(
 def test_a_signal_to_the_launcher_reaches_every_worker_and_exits_75(tmp_path):
     """A job script's SIGTERM (scancel, the time limit) goes to tfconvnets-launch, which passes
     it to its workers as SIGUSR1: they checkpoint, and the launcher exits 75."""
-    args = [
-        f"--arch={SMOKE_ARCH}", "--image_size=32", "--num_classes=10", "--batch_size=4",
-        "--data_backend=synthetic", "--mode=train", "--noprogress_bar", "--iter_unit=batch",
-        "--num_iter=100000", "--display_every=1", f"--model_dir={tmp_path}",
-    ]  # fmt: skip
+    args = endless_synthetic_run(tmp_path)
     proc, lines = start(launch_cmd(args)), []
     wait_for_step(proc, 2, lines)
     proc.send_signal(signal.SIGTERM)
@@ -367,11 +378,7 @@ def test_a_signal_to_the_launcher_reaches_every_worker_and_exits_75(tmp_path):
 def test_a_killed_worker_ends_the_job_instead_of_hanging(tmp_path):
     """SIGKILL to one worker: the other would wait in a collective; the launcher ends it after
     its grace period and exits with the killed worker's status (128 + 9)."""
-    args = [
-        f"--arch={SMOKE_ARCH}", "--image_size=32", "--num_classes=10", "--batch_size=4",
-        "--data_backend=synthetic", "--mode=train", "--noprogress_bar", "--iter_unit=batch",
-        "--num_iter=100000", "--display_every=1", f"--model_dir={tmp_path}",
-    ]  # fmt: skip
+    args = endless_synthetic_run(tmp_path)
     proc, lines = start(launch_cmd(args)), []
     wait_for_step(proc, 2, lines)
     os.kill(random.choice(worker_pids(proc)), signal.SIGKILL)
@@ -493,24 +500,11 @@ def test_a_stuck_worker_is_named_and_ends_the_job_under_this_engine_too(tmp_path
     under Horovod (tests/test_faults.py): first as behind, then as not running. Here the ring's
     collective gives up after about 10 s (measured), and the rank left ends in one line naming
     the lost rank, exit 70."""
-    args = [
-        f"--arch={SMOKE_ARCH}", "--image_size=32", "--num_classes=10", "--batch_size=4",
-        "--data_backend=synthetic", "--mode=train", "--noprogress_bar", "--iter_unit=batch",
-        "--num_iter=100000", "--display_every=1", f"--model_dir={tmp_path}",
-        "--stall_check_seconds=2", "--stall_shutdown_seconds=20",
-    ]  # fmt: skip
+    args = endless_synthetic_run(tmp_path, "--stall_check_seconds=2", "--stall_shutdown_seconds=20")
     proc, lines = start(launch_cmd(args)), []
     wait_for_step(proc, 2, lines)
     stuck = random.choice(worker_pids(proc))
-    os.kill(stuck, signal.SIGSTOP)
-    try:
-        output = "".join(lines) + proc.communicate(timeout=240)[0]
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("the job did not end within 240 s of a worker getting stuck")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(stuck, signal.SIGKILL)
+    output = output_after_stopping(proc, stuck, lines)
     assert proc.returncode == 70, output[-3000:]
     named = re.search(
         r"stall: rank \d has made no progress for \d+ s after step \d+ \(--stall_check_seconds=2\): "
