@@ -5,7 +5,7 @@ horovodrun -np 8 python main.py --arch=resnext101-32x4d --data_dir=/data/imagene
 The same command line is installed as the `tfconvnets` console script.
 """
 
-from runtime.cli import main
+from tfconvnets.runtime.cli import main
 
 if __name__ == "__main__":
     main()

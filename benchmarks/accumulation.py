@@ -18,7 +18,7 @@ import dataclasses
 import os
 import tempfile
 
-from benchmarks.common import print_table, quiet_tensorflow, spread, write_json
+from tfconvnets.benchmarking import print_table, quiet_tensorflow, spread, write_json
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,13 +37,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_trainers(args: argparse.Namespace, log_dir: str):
-    """The product's Trainer for k = 1 and k = K, as runtime.modes.training_benchmark builds
+    """The product's Trainer for k = 1 and k = K, as tfconvnets.runtime.modes.training_benchmark builds
     it: one warm-up update and args.updates measured ones of K batches (k = 1: K x as many)."""
-    from model_configs import resolve_config
-    from runtime import process
-    from runtime.factory import build_model
-    from runtime.modes import pipeline
-    from runtime.trainer import Trainer
+    import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+    from tfconvnets.config import resolve_config
+    from tfconvnets.runtime import process
+    from tfconvnets.runtime.factory import build_model
+    from tfconvnets.runtime.modes import pipeline
+    from tfconvnets.runtime.trainer import Trainer
 
     k = args.accumulation_steps
     config = resolve_config(

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import REPO_ROOT, print_table, write_json
+from tfconvnets.benchmarking import REPO_ROOT, print_table, write_json
 
 BYTES = {"allreduce_fp32": 4, "allreduce_fp16": 2}
 

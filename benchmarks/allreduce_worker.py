@@ -15,7 +15,7 @@ import argparse
 import json
 import time
 
-from benchmarks.common import quiet_tensorflow
+from tfconvnets.benchmarking import quiet_tensorflow
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,10 +37,11 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from model_configs import resolve_config
-    from runtime.distributed import Distributed, configure_devices
-    from runtime.factory import build_model, build_training
-    from runtime.steps import TrainStep
+    import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+    from tfconvnets.config import resolve_config
+    from tfconvnets.runtime.distributed import Distributed, configure_devices
+    from tfconvnets.runtime.factory import build_model, build_training
+    from tfconvnets.runtime.steps import TrainStep
 
     dist = Distributed.init(args.distribution)
     gpu_id = configure_devices(dist)  # the product's split of the cores between local ranks

@@ -19,7 +19,7 @@ PyTorch is optional, and not a dependency of the project: install it where the s
 use it (`.venv/bin/pip install torch torchvision`, or a separate environment named by
 --torch_python). Without it the torchvision column is skipped, and the script says so.
 
-The tfconvnets side is the product's `TrainStep` (runtime.factory.build_training) with the
+The tfconvnets side is the product's `TrainStep` (tfconvnets.runtime.factory.build_training) with the
 arch's recipe: label smoothing 0.1, L2 in the loss, SGD with momentum. The PyTorch side
 trains the same way: label smoothing 0.1, SGD with momentum and weight decay.
 """
@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import (
+from tfconvnets.benchmarking import (
     REPO_ROOT,
     machine_info,
     print_table,
@@ -91,9 +91,10 @@ def tfconvnets_stepper(args: argparse.Namespace):
     quiet_tensorflow()
     import tensorflow as tf
 
-    from model_configs import resolve_config
-    from runtime.distributed import Distributed
-    from runtime.factory import build_model, build_training
+    import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+    from tfconvnets.config import resolve_config
+    from tfconvnets.runtime.distributed import Distributed
+    from tfconvnets.runtime.factory import build_model, build_training
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 
-from benchmarks.common import print_table, quiet_tensorflow, write_json
+from tfconvnets.benchmarking import print_table, quiet_tensorflow, write_json
 from tfconvnets.data import layouts, records
 from tfconvnets.data.sample_images import write_sample_jpeg_folder
 from tfconvnets.dataprep import convert_dataset

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import machine_info, print_table, quiet_tensorflow, write_json
+from tfconvnets.benchmarking import machine_info, print_table, quiet_tensorflow, write_json
 
 FORMATS = ("savedmodel", "onnx", "onnx-int8")
 

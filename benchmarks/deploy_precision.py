@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 
-from benchmarks.common import print_table, quiet_tensorflow, write_json
+from tfconvnets.benchmarking import print_table, quiet_tensorflow, write_json
 
 FORMATS = ("savedmodel", "onnx", "onnx-fp16", "onnx-int8")
 
@@ -39,7 +39,7 @@ def main() -> int:
     quiet_tensorflow()
     args = parse_args()
     from tfconvnets import checkpoints
-    from tfconvnets.data import DataConfig
+    from tfconvnets.config import DataConfig
     from tfconvnets.deploy.artifacts import export_artifacts
     from tfconvnets.deploy.precision import calibration_images, eval_images
     from tfconvnets.deploy.predictors import load_artifact

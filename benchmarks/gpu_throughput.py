@@ -24,14 +24,15 @@ import os
 import sys
 import time
 
-from benchmarks.common import (
+import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+from tfconvnets.benchmarking import (
     emit_result,
     print_table,
     quiet_tensorflow,
     run_child,
     write_json,
 )
-from model_configs import get_config
+from tfconvnets.config import get_config
 from tfconvnets.models import MODEL_SPECS
 
 ARCHS = tuple(MODEL_SPECS)
@@ -82,9 +83,9 @@ def tensorflow_child(spec: dict) -> dict:
     import keras
     import tensorflow as tf
 
-    from model_configs import resolve_config
-    from runtime.distributed import Distributed
-    from runtime.factory import build_model, build_training
+    from tfconvnets.config import resolve_config
+    from tfconvnets.runtime.distributed import Distributed
+    from tfconvnets.runtime.factory import build_model, build_training
 
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:

@@ -14,8 +14,8 @@ import argparse
 import os
 import tempfile
 
-from benchmarks.common import print_table, write_json
-from tfconvnets.data import DataConfig
+from tfconvnets.benchmarking import print_table, write_json
+from tfconvnets.config import DataConfig
 from tfconvnets.data.benchmark import run_data_benchmark
 from tfconvnets.data.sample_images import write_sample_jpeg_folder
 from tfconvnets.dataprep import convert_dataset

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import print_table, quiet_tensorflow, write_json
+from tfconvnets.benchmarking import print_table, quiet_tensorflow, write_json
 
 VARIANTS = {
     "qdq_s8_pc": dict(quant_format="qdq", weight_type="int8", per_channel=True),

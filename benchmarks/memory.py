@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import (
+from tfconvnets.benchmarking import (
     REPO_ROOT,
     RESULT_PREFIX,
     emit_result,
@@ -68,9 +68,10 @@ def child(spec: dict) -> None:
     quiet_tensorflow()
     import tensorflow as tf
 
-    from model_configs import resolve_config
-    from runtime.distributed import Distributed, configure_devices
-    from runtime.factory import build_model, build_training
+    import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+    from tfconvnets.config import resolve_config
+    from tfconvnets.runtime.distributed import Distributed, configure_devices
+    from tfconvnets.runtime.factory import build_model, build_training
 
     dist = Distributed(rank=0, size=1, local_rank=0, local_size=1)
     uses_gpu = configure_devices(dist) is not None

@@ -1,9 +1,9 @@
 """Runtime overhead: the product's training_benchmark path vs a minimal hand-written loop.
 
-Both train the same model (create_model via runtime.modes.build_model) on the same synthetic
+Both train the same model (create_model via tfconvnets.runtime.modes.build_model) on the same synthetic
 batch with the same loss (label smoothing + L2 decay), the same SGD-momentum optimizer and
 schedule, and the same thread settings, in this one process. The product side is the real
-Trainer built with the calls runtime.modes.run / training_benchmark make (Distributed of size
+Trainer built with the calls tfconvnets.runtime.modes.run / training_benchmark make (Distributed of size
 1); its own reported train_throughput is used. Many short rounds alternate A,B / B,A so
 drift cancels; the ratio product/minimal is reported per round with its spread. Because the
 machine is shared, the CPU seconds per image of the measured steps are compared too (less
@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 
-from benchmarks.common import print_table, quiet_tensorflow, spread, write_json
+from tfconvnets.benchmarking import print_table, quiet_tensorflow, spread, write_json
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
 
 def install_cpu_clock(cpu_seconds: list[float]) -> None:
     """Makes the Trainer's ThroughputClock also append the CPU seconds of its measured span."""
-    from runtime import trainer
+    from tfconvnets.runtime import trainer
 
     class CpuNotingClock(trainer.ThroughputClock):
         def start(self, step: int) -> None:
@@ -58,12 +58,13 @@ def install_cpu_clock(cpu_seconds: list[float]) -> None:
 
 
 def build_product(args: argparse.Namespace, log_dir: str):
-    """The product's Trainer, set up as runtime.modes.run + training_benchmark do."""
-    from model_configs import resolve_config
-    from runtime import process
-    from runtime.factory import build_model
-    from runtime.modes import pipeline
-    from runtime.trainer import Trainer
+    """The product's Trainer, set up as tfconvnets.runtime.modes.run + training_benchmark do."""
+    import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+    from tfconvnets.config import resolve_config
+    from tfconvnets.runtime import process
+    from tfconvnets.runtime.factory import build_model
+    from tfconvnets.runtime.modes import pipeline
+    from tfconvnets.runtime.trainer import Trainer
 
     config = resolve_config(
         mode="training_benchmark",
@@ -91,7 +92,7 @@ class MinimalLoop:
         import keras
         import tensorflow as tf
 
-        from runtime.factory import build_model
+        from tfconvnets.runtime.factory import build_model
         from tfconvnets.training import decayed_kernels, l2_penalty, make_optimizer
 
         opt = config.optimization
@@ -134,12 +135,12 @@ def loop_costs(trainer, train_data, reporter, repeats: int = 50) -> dict[str, fl
     """Microseconds of the Python work Trainer.train does around each step and at display steps.
 
     Timed directly, many times, because a few percent of a step is below what interleaved
-    rounds can resolve on a shared machine. Same calls as runtime/trainer.py's loop.
+    rounds can resolve on a shared machine. Same calls as tfconvnets/runtime/trainer.py's loop.
     """
     import tensorflow as tf
 
-    from runtime.steps import StepLosses
-    from runtime.trainer import loss_scalars
+    from tfconvnets.runtime.steps import StepLosses
+    from tfconvnets.runtime.trainer import loss_scalars
 
     data = iter(train_data.dataset)
 

@@ -18,7 +18,7 @@ import os
 import statistics
 import time
 
-from benchmarks.common import (
+from tfconvnets.benchmarking import (
     emit_result,
     print_table,
     quiet_tensorflow,
@@ -52,10 +52,11 @@ def child(spec: dict) -> None:
     import keras
     import tensorflow as tf
 
-    from model_configs import resolve_config
-    from runtime.distributed import Distributed, configure_devices
-    from runtime.factory import build_training
+    import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+    from tfconvnets.config import resolve_config
     from tfconvnets.models import create_model
+    from tfconvnets.runtime.distributed import Distributed, configure_devices
+    from tfconvnets.runtime.factory import build_training
 
     dist = Distributed(rank=0, size=1, local_rank=0, local_size=1)
     configure_devices(dist)

@@ -275,7 +275,7 @@ else
   step "no Horovod (TFCONVNETS_HOROVOD=0): train with --distribution=tensorflow"
 fi
 
-step "installing tfconvnets itself (editable: tfconvnets, runtime, model_configs, benchmarks)"
+step "installing tfconvnets itself (editable; one name: tfconvnets)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 
 step "checking the stack imports and that Horovod has TensorFlow, MPI, Gloo (and NCCL in the gpu flavour)"
@@ -285,7 +285,7 @@ from tfconvnets.console import import_tensorflow
 import_tensorflow()  # as every entry point loads it: without TensorFlow's start-up lines
 import tensorflow as tf, keras
 import nvidia.dali.plugin.tf  # noqa: F401
-import tfconvnets, runtime, model_configs  # noqa: F401
+import tfconvnets.runtime, tfconvnets.model_configs  # noqa: F401
 if os.environ["TFCONVNETS_HOROVOD"] == "0":
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, no horovod, dali tf plugin ok")
     sys.exit(0)

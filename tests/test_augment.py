@@ -14,15 +14,17 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from model_configs import RECIPES, resolve_config
-from runtime.flags import define_flags, given_values
-from runtime.trainer import Trainer
+import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
 from tests.data_fixtures import UNIQUE_CLASSES, make_unique_dataset
 from tests.test_trainer import BATCH, CLASSES, SINGLE, STEPS_PER_EPOCH, small_config
 from tfconvnets import constants
-from tfconvnets.data import DataConfig, Pipeline, build_pipeline, size_at_epoch
+from tfconvnets.config import RECIPES, DataConfig, resolve_config
+from tfconvnets.config.data import size_at_epoch
+from tfconvnets.data import Pipeline, build_pipeline
 from tfconvnets.errors import UserError
 from tfconvnets.models import ResNetSpec, build_resnet
+from tfconvnets.runtime.flags import define_flags, given_values
+from tfconvnets.runtime.trainer import Trainer
 
 # --- configuration -----------------------------------------------------------------------
 
@@ -263,14 +265,14 @@ def test_synthetic_eval_batches_come_at_the_eval_size():
 
 
 def test_the_model_takes_any_size_only_when_it_needs_to(monkeypatch):
-    import runtime.factory
+    import tfconvnets.runtime.factory
 
     shapes = []
     monkeypatch.setattr(
-        runtime.factory, "create_model", lambda *a, **k: shapes.append(k["input_shape"])
+        tfconvnets.runtime.factory, "create_model", lambda *a, **k: shapes.append(k["input_shape"])
     )
     for values in ({}, {"eval_image_size": 256}, {"image_size_schedule": ((160, 0.0),)}):
-        runtime.factory.build_model(resolve_config(mode="training_benchmark", **values))
+        tfconvnets.runtime.factory.build_model(resolve_config(mode="training_benchmark", **values))
     assert shapes == [(224, 224, 3), (None, None, 3), (None, None, 3)]
 
 
@@ -298,7 +300,7 @@ def sized_pipeline(size: int, training: bool) -> Pipeline:
 def resizing_trainer(
     config, requested: list[tuple[int, int]], *, eval_size: int | None = None
 ) -> Trainer:
-    from runtime.reporting import Reporter
+    from tfconvnets.runtime.reporting import Reporter
 
     def pipeline_for(size: int, epoch: int) -> Pipeline:
         requested.append((size, epoch))
@@ -367,14 +369,14 @@ def test_a_resumed_run_continues_at_the_size_of_its_epoch(tmp_path, caplog, monk
 
 
 def test_the_export_after_training_gets_the_ema_weights_at_the_eval_size(tmp_path, monkeypatch):
-    """`--mode=train` through `runtime.modes.train`, in process, on the tiny model: the export
+    """`--mode=train` through `tfconvnets.runtime.modes.train`, in process, on the tiny model: the export
     runs with the averaged weights swapped in, at --eval_image_size, and the trained weights are
     back afterwards. (The artifact writer is recorded, not run: what it would write is the
     model's weights at the call, and export_artifacts' own tests cover the writing.)"""
-    import runtime.modes
     import tfconvnets.deploy.artifacts
-    from runtime.process import Context
-    from runtime.reporting import Reporter
+    import tfconvnets.runtime.modes
+    from tfconvnets.runtime.process import Context
+    from tfconvnets.runtime.reporting import Reporter
 
     config = small_config(
         tmp_path, mode="train", ema_decay=0.5, num_iter=2, iter_unit="batch",
@@ -387,8 +389,8 @@ def test_the_export_after_training_gets_the_ema_weights_at_the_eval_size(tmp_pat
             super().__init__(*args, **kwargs)
             trainers.append(self)
 
-    monkeypatch.setattr(runtime.modes, "Trainer", RecordedTrainer)
-    monkeypatch.setattr(runtime.modes, "build_model", any_size_model)
+    monkeypatch.setattr(tfconvnets.runtime.modes, "Trainer", RecordedTrainer)
+    monkeypatch.setattr(tfconvnets.runtime.modes, "build_model", any_size_model)
 
     def record(model, export_dir, formats, *, image_size, **_):
         exported.append(([v.numpy().copy() for v in model.trainable_variables], image_size))
@@ -396,7 +398,7 @@ def test_the_export_after_training_gets_the_ema_weights_at_the_eval_size(tmp_pat
 
     monkeypatch.setattr(tfconvnets.deploy.artifacts, "export_artifacts", record)
     reporter = Reporter(enabled=True, log_path=None, tensorboard_dir=None, progress=False)
-    results = runtime.modes.train(Context(config, SINGLE, reporter))
+    results = tfconvnets.runtime.modes.train(Context(config, SINGLE, reporter))
     assert results[0]["step"] == 2 and results[0]["export_dir"] == config.run.export_dir
     ((weights, image_size),) = exported
     assert image_size == 64

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import yaml
 
-from runtime.checkpointing import PREEMPTED_FILE
 from tests.launch import (
     HOROVODRUN,
     REPO_ROOT,
@@ -29,6 +28,7 @@ from tests.launch import (
 from tests.test_faults import assert_same_final_weights
 from tfconvnets import checkpoints
 from tfconvnets.dllogger import read_log
+from tfconvnets.runtime.checkpointing import PREEMPTED_FILE
 
 SMALL = [
     f"--arch={SMOKE_ARCH}", "--image_size=32", "--num_classes=10", "--batch_size=8",

@@ -8,12 +8,21 @@ import typing
 import pytest
 from absl import flags
 
-from model_configs import RECIPES, get_config, resolve_config
-from runtime.config import FLAG_FIELDS, LoopConfig, RunConfig
-from runtime.flags import config_from_flags, define_flags, given_values
-from tfconvnets.config import Section, flag_name, option
+import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+from tfconvnets.config import (
+    FLAG_FIELDS,
+    RECIPES,
+    LoopConfig,
+    RunConfig,
+    Section,
+    flag_name,
+    get_config,
+    option,
+    resolve_config,
+)
 from tfconvnets.errors import UserError
 from tfconvnets.models import MODEL_SPECS
+from tfconvnets.runtime.flags import config_from_flags, define_flags, given_values
 
 # The flag names of version 1 (before the config was generated): none may change or vanish.
 VERSION_1_FLAGS = """arch mode data_dir data_idx_dir data_backend dali_device num_threads crop_area_min

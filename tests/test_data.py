@@ -22,7 +22,8 @@ from tests.data_fixtures import (
     write_records,
 )
 from tfconvnets import constants
-from tfconvnets.data import DataConfig, build_pipeline, diagnose_corrupt_records, load_eval_image
+from tfconvnets.config import DataConfig
+from tfconvnets.data import build_pipeline, diagnose_corrupt_records, load_eval_image
 from tfconvnets.data import index as index_lib
 from tfconvnets.errors import UserError
 

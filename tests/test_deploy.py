@@ -15,18 +15,19 @@ import numpy as np
 import pytest
 from absl import flags
 
-import runtime.modes  # TensorFlow and Keras, imported while collecting (no process then)
 import tfconvnets.deploy.artifacts
 import tfconvnets.deploy.precision
-from model_configs import resolve_config
-from runtime.distributed import Distributed
-from runtime.flags import define_flags, given_values
-from runtime.process import Context
-from runtime.reporting import Reporter
+import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+import tfconvnets.runtime.modes  # TensorFlow and Keras, imported while collecting (no process then)
 from tests.launch import REPO_ROOT, subprocess_env
+from tfconvnets.config import resolve_config
 from tfconvnets.deploy.precision import Int8Options
 from tfconvnets.errors import UserError
 from tfconvnets.models import MODEL_SPECS, list_models
+from tfconvnets.runtime.distributed import Distributed
+from tfconvnets.runtime.flags import define_flags, given_values
+from tfconvnets.runtime.process import Context
+from tfconvnets.runtime.reporting import Reporter
 
 IMAGE_SIZE = 32
 NUM_CLASSES = 10
@@ -249,7 +250,7 @@ def test_onnx_optimizer_passes_do_not_keep_a_copy_of_the_weights_each(monkeypatc
 @pytest.fixture(scope="module")
 def resnet50_export(tmp_path_factory, digits_tfrecords) -> Path:
     """resnet50 at 32 px in every format, INT8 calibrated on the digits' validation split."""
-    from tfconvnets.data import DataConfig
+    from tfconvnets.config import DataConfig
     from tfconvnets.deploy.artifacts import export_artifacts
     from tfconvnets.deploy.precision import calibration_images
 
@@ -365,7 +366,7 @@ def test_inference_benchmark_of_an_artifact(resnet50_export):
 
 
 def test_bad_requests_get_one_line_errors(resnet50_export, tmp_path):
-    from tfconvnets.data import DataConfig
+    from tfconvnets.config import DataConfig
     from tfconvnets.deploy.artifacts import export_artifacts, parse_formats
     from tfconvnets.deploy.precision import calibration_images
     from tfconvnets.deploy.predictors import load_artifact
@@ -418,7 +419,7 @@ def demo_int8(demo_run, tmp_path_factory) -> dict:
     scored digits play no part in its ranges); each model's classes for the 360 held-out
     digits, computed in a fresh process."""
     from tfconvnets import checkpoints
-    from tfconvnets.data import DataConfig
+    from tfconvnets.config import DataConfig
     from tfconvnets.deploy import INT8_ACTIVATIONS
     from tfconvnets.deploy.artifacts import export_artifacts
     from tfconvnets.deploy.precision import calibration_images, eval_images
@@ -533,6 +534,6 @@ def test_int8_activations_is_a_flag_that_reaches_the_int8_export(monkeypatch, tm
     )
     single = Distributed(rank=0, size=1, local_rank=0, local_size=1)
     reporter = Reporter(enabled=True, log_path=None, tensorboard_dir=None, progress=False)
-    runtime.modes._export(Context(config, single, reporter), model=None)
+    tfconvnets.runtime.modes._export(Context(config, single, reporter), model=None)
     (kwargs,) = used
     assert kwargs["int8_options"] == Int8Options(activation_type="int8", symmetric_activations=True)

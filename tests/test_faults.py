@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.checkpointing import PREEMPTED_FILE
 from tests.launch import (
     DEMO_ARCH,
     HOROVODRUN,
@@ -35,6 +34,7 @@ from tests.launch import (
 from tests.test_trainer import tiny_model
 from tfconvnets import checkpoints
 from tfconvnets.dllogger import read_log
+from tfconvnets.runtime.checkpointing import PREEMPTED_FILE
 
 SYNTHETIC_TRAIN = [
     f"--arch={SMOKE_ARCH}", "--image_size=32", "--num_classes=10", "--batch_size=4",
@@ -313,7 +313,7 @@ def test_no_rank_leaves_before_the_chiefs_slow_preemption_checkpoint_is_written(
 
 @pytest.mark.subprocess
 def test_the_launch_wrapper_passes_other_exit_codes_on(tmp_path):
-    from runtime.launch import FORWARDED, exit_code, main, model_dir_of
+    from tfconvnets.runtime.launch import FORWARDED, exit_code, main, model_dir_of
 
     handlers = {s: signal.getsignal(s) for s in FORWARDED}
     assert main(["--", sys.executable, "-c", "raise SystemExit(3)"]) == 3
@@ -345,7 +345,7 @@ def output_after_stopping(proc: subprocess.Popen, stuck: int, lines: list[str]) 
 def test_a_stuck_worker_is_named_and_ends_the_job_in_bounded_time(tmp_path):
     """SIGSTOP keeps a worker alive but silent: the job must end instead of waiting for ever,
     and say which rank stopped. Horovod's stall inspector prints nothing here (its thread
-    blocks in Gloo's transport, measured); the watchdog of runtime/stall.py names the rank
+    blocks in Gloo's transport, measured); the watchdog of tfconvnets/runtime/stall.py names the rank
     from its heartbeat after --stall_check_seconds and ends the job after
     --stall_shutdown_seconds."""
     proc = start(
@@ -453,9 +453,9 @@ def test_a_lost_peer_is_one_line_and_never_a_data_error(monkeypatch, tmp_path):
     (before: the scan ran when the stack mentioned the pipeline, then a traceback)."""
     import tensorflow as tf
 
-    from runtime import data_errors
-    from runtime.preemption import TrainingStopped
-    from tfconvnets.data import DataConfig
+    from tfconvnets.config import DataConfig
+    from tfconvnets.runtime import data_errors
+    from tfconvnets.runtime.preemption import TrainingStopped
 
     def no_scan(*args):
         raise AssertionError("the data set was scanned for bad records")
@@ -588,9 +588,9 @@ def test_a_nan_batch_is_skipped_and_lowers_the_loss_scale(policy, static_scale):
     import keras
     import tensorflow as tf
 
-    from runtime.distributed import Distributed
-    from runtime.steps import TrainStep
     from tfconvnets.models import create_model
+    from tfconvnets.runtime.distributed import Distributed
+    from tfconvnets.runtime.steps import TrainStep
     from tfconvnets.training import make_optimizer
 
     dynamic = policy == "mixed_float16" and not static_scale
@@ -641,8 +641,8 @@ def fixed_scale_step(scale: float):
     """The tiny model's train step in mixed_float16 under a fixed loss scale."""
     import keras
 
-    from runtime.distributed import Distributed
-    from runtime.steps import TrainStep
+    from tfconvnets.runtime.distributed import Distributed
+    from tfconvnets.runtime.steps import TrainStep
     from tfconvnets.training import make_optimizer
 
     keras.mixed_precision.set_dtype_policy("mixed_float16")
@@ -656,8 +656,8 @@ def fixed_scale_step(scale: float):
 
 
 def numerics_guard(step, limit: int):
-    from runtime.distributed import Distributed
-    from runtime.numerics import NumericsGuard
+    from tfconvnets.runtime.distributed import Distributed
+    from tfconvnets.runtime.numerics import NumericsGuard
 
     return NumericsGuard(step, Distributed(0, 1, 0, 1), max_nonfinite_steps=limit,
                          loss_scaling=True, num_classes=10, data_dir="/data")  # fmt: skip
@@ -670,7 +670,7 @@ def test_a_fixed_loss_scale_skips_bad_updates_and_stops_when_a_streak_reaches_th
     import keras
     import tensorflow as tf
 
-    from runtime.preemption import TrainingStopped
+    from tfconvnets.runtime.preemption import TrainingStopped
 
     try:
         model, optimizer, step = fixed_scale_step(128.0)
@@ -709,7 +709,7 @@ def test_float16_gradients_that_overflow_a_fixed_scale_name_the_scale_and_what_f
     import keras
     import tensorflow as tf
 
-    from runtime.preemption import TrainingStopped
+    from tfconvnets.runtime.preemption import TrainingStopped
 
     try:
         _, optimizer, step = fixed_scale_step(2.0**20)  # (softmax - onehot) / 4 * 2**20 > 65504
@@ -736,8 +736,8 @@ def test_the_train_step_records_the_first_batch_with_out_of_range_labels():
     all-zero target of a label outside [0, num_classes): the step itself must notice."""
     import tensorflow as tf
 
-    from runtime.distributed import Distributed
-    from runtime.steps import TrainStep
+    from tfconvnets.runtime.distributed import Distributed
+    from tfconvnets.runtime.steps import TrainStep
     from tfconvnets.training import make_optimizer
 
     model = tiny_model(num_classes=10)  # the zoo's builder, a fraction of the work

@@ -1,4 +1,4 @@
-"""Fine-tuning from a checkpoint: `--finetune_checkpoint` and runtime.finetune.load_pretrained."""
+"""Fine-tuning from a checkpoint: `--finetune_checkpoint` and tfconvnets.finetune.load_pretrained."""
 
 from __future__ import annotations
 

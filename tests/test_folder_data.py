@@ -12,8 +12,8 @@ import tensorflow as tf
 
 from tests import imagenet_fixtures as fx
 from tests.data_fixtures import jpeg_bytes
+from tfconvnets.config import DataConfig
 from tfconvnets.data import (
-    DataConfig,
     build_pipeline,
     class_names,
     diagnose_corrupt_records,

@@ -22,14 +22,15 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from model_configs import get_config
-from runtime import nvidia_compat, process  # (process imports TensorFlow, which forks once)
-from runtime.flags import config_from_flags, define_flags, given_values
+import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
 from tests.launch import VENV_BIN, horovodrun, run
 from tests.nvidia_scripts import COMMANDS
 from tfconvnets import checkpoints
+from tfconvnets.config import get_config, nvidia_compat
 from tfconvnets.dllogger import read_log
 from tfconvnets.errors import UserError
+from tfconvnets.runtime import process  # (process imports TensorFlow, which forks once)
+from tfconvnets.runtime.flags import config_from_flags, define_flags, given_values
 
 PLACEHOLDERS = dict(
     workspace="/ws", data_dir="/data", data_idx_dir="/data/idx", results_dir="/results",
@@ -262,7 +263,7 @@ def test_refusals_and_conflicts_are_one_line_naming_the_flag(argv, message):
 def test_a_static_scale_without_fp16_amp_says_it_has_no_effect(caplog):
     import logging
 
-    from runtime.modes import _config_notes
+    from tfconvnets.runtime.modes import _config_notes
 
     config = config_from_flags(parse("--mode=training_benchmark", "--loss_scale=128"))
     # absl's own logger level may have been raised by an earlier test's flag parsing.

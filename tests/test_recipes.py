@@ -15,10 +15,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from model_configs import resolve_config
-from runtime.checkpointing import CheckpointManager
-from runtime.factory import build_training
-from runtime.flags import define_flags, given_values
+import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
 from tests.launch import SMOKE_ARCH, run
 from tests.test_trainer import (
     BATCH,
@@ -33,8 +30,12 @@ from tests.test_trainer import (
 )
 from tests.workers import hvd_accumulation as acc
 from tfconvnets import checkpoints
+from tfconvnets.config import resolve_config
 from tfconvnets.dllogger import read_log
 from tfconvnets.errors import UserError
+from tfconvnets.runtime.checkpointing import CheckpointManager
+from tfconvnets.runtime.factory import build_training
+from tfconvnets.runtime.flags import define_flags, given_values
 from tfconvnets.training import cutmix, mix_batch
 
 # --- configuration -----------------------------------------------------------------------
@@ -159,16 +160,16 @@ def test_the_bn_statistics_of_the_ema_weights_are_the_mean_batch_statistics_they
 def record_evaluated_weights(monkeypatch, model) -> list:
     """Makes the trainer's evaluation note the variables it ran with: (trainable weights,
     BN statistics)."""
-    import runtime.trainer
+    import tfconvnets.runtime.trainer
 
     seen = []
-    real = runtime.trainer.evaluate
+    real = tfconvnets.runtime.trainer.evaluate
 
     def spy(eval_step, data, dist):
         seen.append(tuple(values(vs) for vs in variables_of(model)))
         return real(eval_step, data, dist)
 
-    monkeypatch.setattr(runtime.trainer, "evaluate", spy)
+    monkeypatch.setattr(tfconvnets.runtime.trainer, "evaluate", spy)
     return seen
 
 
@@ -203,14 +204,14 @@ def test_evaluation_uses_the_ema_weights_with_their_statistics_and_gives_the_tra
 
 
 def test_the_export_after_training_gets_the_ema_weights_and_their_statistics(tmp_path, monkeypatch):
-    """`--mode=train --export_dir` through `runtime.modes.train`, in process: the artifact
+    """`--mode=train --export_dir` through `tfconvnets.runtime.modes.train`, in process: the artifact
     writer (recorded, not run; export_artifacts' own tests cover the writing) is called with
     the averaged weights and their statistics in the model, the trained values back after."""
-    import runtime.modes
     import tfconvnets.deploy.artifacts
-    from runtime.process import Context
-    from runtime.reporting import Reporter
-    from runtime.trainer import Trainer
+    import tfconvnets.runtime.modes
+    from tfconvnets.runtime.process import Context
+    from tfconvnets.runtime.reporting import Reporter
+    from tfconvnets.runtime.trainer import Trainer
 
     config = small_config(
         tmp_path, mode="train", ema_decay=0.5, num_iter=2, iter_unit="batch",
@@ -227,11 +228,11 @@ def test_the_export_after_training_gets_the_ema_weights_and_their_statistics(tmp
         exported.append(tuple(values(vs) for vs in variables_of(model)))
         return {}
 
-    monkeypatch.setattr(runtime.modes, "Trainer", RecordedTrainer)
-    monkeypatch.setattr(runtime.modes, "build_model", tiny_model)
+    monkeypatch.setattr(tfconvnets.runtime.modes, "Trainer", RecordedTrainer)
+    monkeypatch.setattr(tfconvnets.runtime.modes, "build_model", tiny_model)
     monkeypatch.setattr(tfconvnets.deploy.artifacts, "export_artifacts", record)
     reporter = Reporter(enabled=True, log_path=None, tensorboard_dir=None, progress=False)
-    assert runtime.modes.train(Context(config, SINGLE, reporter))[0]["step"] == 2
+    assert tfconvnets.runtime.modes.train(Context(config, SINGLE, reporter))[0]["step"] == 2
     ((weights, statistics),) = exported
     (trainer,) = trainers
     assert_all_equal(weights, trainer.ema.averages)

@@ -234,8 +234,8 @@ def test_mixup_mixes_images_and_labels_with_one_lambda():
 
 
 def test_each_local_rank_gets_its_own_gpu_or_a_clear_error():
-    from runtime.distributed import choose_gpu
     from tfconvnets.errors import UserError
+    from tfconvnets.runtime.distributed import choose_gpu
 
     assert [choose_gpu(8, rank, 8) for rank in range(8)] == list(range(8))
     # One visible GPU per process (SLURM --gpus-per-task, per-rank CUDA_VISIBLE_DEVICES).
@@ -252,7 +252,7 @@ def test_only_input_errors_trigger_the_record_scan():
     """The scan decodes the whole dataset: never for, say, a GPU out-of-memory error."""
     import tensorflow as tf
 
-    from runtime.data_errors import is_input_error
+    from tfconvnets.runtime.data_errors import is_input_error
 
     reading = "{{function_node __wrapped__IteratorGetNext_output_types_2_device_/CPU:0}} "
     assert is_input_error(tf.errors.InvalidArgumentError(None, None, reading + "Invalid JPEG"))

@@ -8,8 +8,8 @@ import logging as py_logging
 import re
 import time
 
-from runtime.distributed import Distributed
-from runtime.stall import StallWatchdog
+from tfconvnets.runtime.distributed import Distributed
+from tfconvnets.runtime.stall import StallWatchdog
 
 RANK_0_OF_3 = Distributed(rank=0, size=3, local_rank=0, local_size=3)
 

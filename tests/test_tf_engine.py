@@ -17,16 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.checkpointing import PREEMPTED_FILE
-from runtime.cluster import (
-    expand_hostlist,
-    expand_tasks_per_node,
-    from_environment,
-    parse_slurm,
-    parse_tf_config,
-    rendezvous,
-)
-from runtime.launch import parse_tensorflow_launch, tf_config
 from tests.launch import HOROVODRUN, REPO_ROOT, SMOKE_ARCH, run, subprocess_env
 from tests.test_cluster import (  # noqa: F401 (slurm: a fixture)
     assert_learned,
@@ -44,6 +34,16 @@ from tests.test_faults import (
 )
 from tfconvnets import checkpoints
 from tfconvnets.errors import UserError
+from tfconvnets.runtime.checkpointing import PREEMPTED_FILE
+from tfconvnets.runtime.cluster import (
+    expand_hostlist,
+    expand_tasks_per_node,
+    from_environment,
+    parse_slurm,
+    parse_tf_config,
+    rendezvous,
+)
+from tfconvnets.runtime.launch import parse_tensorflow_launch, tf_config
 
 LAUNCH = str(Path(sys.executable).with_name("tfconvnets-launch"))
 STEPS = 30  # 6 epochs of the 80 small digits, batch 8 on 2 ranks
@@ -192,7 +192,7 @@ def test_the_rendezvous_passes_when_the_peer_listens():
 
 
 def test_horovod_missing_is_refused_in_one_line_saying_how_to_get_it(monkeypatch):
-    from runtime.distributed import Distributed
+    from tfconvnets.runtime.distributed import Distributed
 
     monkeypatch.setitem(sys.modules, "horovod", None)  # import horovod.tensorflow fails
     monkeypatch.setitem(sys.modules, "horovod.tensorflow", None)
@@ -496,7 +496,7 @@ def test_scancel_and_the_batch_shells_warning_reach_every_srun_task(
 @pytest.mark.subprocess
 def test_a_stuck_worker_is_named_and_ends_the_job_under_this_engine_too(tmp_path):
     """SIGSTOP keeps a worker alive but silent while the other waits in TensorFlow's ring: the
-    stall watchdog (runtime/stall.py, engine-independent) names it from its heartbeat, as
+    stall watchdog (tfconvnets/runtime/stall.py, engine-independent) names it from its heartbeat, as
     under Horovod (tests/test_faults.py): first as behind, then as not running. Here the ring's
     collective gives up after about 10 s (measured), and the rank left ends in one line naming
     the lost rank, exit 70."""

@@ -12,18 +12,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model_configs import resolve_config
-from runtime.checkpointing import CheckpointManager
-from runtime.distributed import Distributed
-from runtime.factory import Schedule
-from runtime.preemption import NONFINITE_EXIT_CODE, TrainingStopped
-from runtime.reporting import ProgressDisplay, Reporter
-from runtime.trainer import Trainer
+import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
 from tfconvnets import checkpoints
+from tfconvnets.config import resolve_config
 from tfconvnets.data import Pipeline
 from tfconvnets.dllogger import read_log
 from tfconvnets.errors import UserError
 from tfconvnets.models import ResNetSpec, build_resnet
+from tfconvnets.runtime.checkpointing import CheckpointManager
+from tfconvnets.runtime.distributed import Distributed
+from tfconvnets.runtime.factory import Schedule
+from tfconvnets.runtime.preemption import NONFINITE_EXIT_CODE, TrainingStopped
+from tfconvnets.runtime.reporting import ProgressDisplay, Reporter
+from tfconvnets.runtime.trainer import Trainer
 
 SINGLE = Distributed(rank=0, size=1, local_rank=0, local_size=1)
 BATCH, SIZE, CLASSES, STEPS_PER_EPOCH = 2, 32, 4, 3
@@ -273,7 +274,7 @@ def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one():
 
 def test_the_time_per_step_is_measured_between_display_steps(monkeypatch):
     """Displays every 10 steps of 1.4 s: the display says 1.4s/step, not the time per update."""
-    import runtime.reporting as reporting
+    import tfconvnets.runtime.reporting as reporting
 
     clock = iter([100.0, 114.0, 128.0])
     monkeypatch.setattr(reporting.time, "perf_counter", lambda: next(clock))
@@ -323,7 +324,7 @@ def test_the_learning_rate_follows_the_loop_step_when_fp16_skips_a_step(tmp_path
     """The loss-scale optimizer does not count a skipped step; the schedule must not lag."""
     import keras
 
-    from runtime.factory import build_training
+    from tfconvnets.runtime.factory import build_training
 
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     try:
@@ -353,7 +354,7 @@ def test_a_static_loss_scale_stays_fixed_and_a_nan_step_is_skipped(tmp_path):
     and a non-finite step leaves the weights alone (the fp32 path's skip)."""
     import keras
 
-    from runtime.factory import build_training
+    from tfconvnets.runtime.factory import build_training
 
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     try:
@@ -393,7 +394,7 @@ def test_a_static_loss_scale_stays_fixed_and_a_nan_step_is_skipped(tmp_path):
 
 def test_the_static_loss_scale_multiplies_the_loss_and_divides_the_gradients(tmp_path):
     """The applied update equals the unscaled one (fp32 here, so exact up to rounding)."""
-    from runtime.factory import build_training
+    from tfconvnets.runtime.factory import build_training
 
     updates = []
     for scale in (0.0, 1024.0):
@@ -412,7 +413,7 @@ def test_the_static_loss_scale_multiplies_the_loss_and_divides_the_gradients(tmp
 
 def test_the_xla_compiled_update_applies_the_same_step(tmp_path):
     """On a GPU the optimizer update runs as a second XLA function; it must change nothing."""
-    from runtime.factory import build_training
+    from tfconvnets.runtime.factory import build_training
 
     config = small_config(tmp_path, num_iter=10, iter_unit="batch")
     weights = []
@@ -433,7 +434,7 @@ def test_the_xla_compiled_update_applies_the_same_step(tmp_path):
 
 
 def test_a_gpu_host_whose_gpus_tensorflow_cannot_see_is_refused():
-    from runtime.distributed import check_no_hidden_gpus
+    from tfconvnets.runtime.distributed import check_no_hidden_gpus
 
     check_no_hidden_gpus(0, None)  # a CPU host
     check_no_hidden_gpus(8, "")  # GPUs hidden on purpose

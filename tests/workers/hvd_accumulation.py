@@ -17,7 +17,8 @@ GLOBAL_BATCH, SIZE, CLASSES, UPDATES = 8, 32, 4, 3
 
 def accumulation_config(batch_size: int, accumulation_steps: int):
     """NVIDIA's LR per 256 images (0.008 for the global batch of 8), no mixing, 3 updates."""
-    from model_configs import resolve_config
+    import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+    from tfconvnets.config import resolve_config
 
     return resolve_config(
         mode="training_benchmark", data_backend="synthetic", image_size=SIZE,
@@ -47,8 +48,8 @@ def tiny_model(seed: int = 0):
 def main(out_prefix: str) -> None:
     import tensorflow as tf
 
-    from runtime.distributed import Distributed
-    from runtime.factory import build_training
+    from tfconvnets.runtime.distributed import Distributed
+    from tfconvnets.runtime.factory import build_training
 
     dist = Distributed.init()
     batch = GLOBAL_BATCH // dist.size

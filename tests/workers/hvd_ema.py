@@ -20,12 +20,13 @@ SIZE, CLASSES, BATCH, UPDATES = 32, 4, 2, 2
 def main(out_prefix: str, model_dir: str) -> None:
     import tensorflow as tf
 
-    from model_configs import resolve_config
-    from runtime.distributed import Distributed
-    from runtime.reporting import Reporter
-    from runtime.trainer import Trainer
+    import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
     from tests.test_trainer import tiny_model
+    from tfconvnets.config import resolve_config
     from tfconvnets.data import Pipeline
+    from tfconvnets.runtime.distributed import Distributed
+    from tfconvnets.runtime.reporting import Reporter
+    from tfconvnets.runtime.trainer import Trainer
 
     dist = Distributed.init()
     config = resolve_config(

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from tfconvnets.data import DataConfig, Pipeline, build_pipeline
+from tfconvnets.config import DataConfig
+from tfconvnets.data import Pipeline, build_pipeline
 
 
 def _cpu_seconds() -> float:

@@ -40,18 +40,15 @@ import tensorflow as tf
 from absl import logging
 
 from tfconvnets import constants
-from tfconvnets.data import (
-    MAGNITUDE_BINS,
-    RAND_AUGMENT_OPS,
-    DataConfig,
+from tfconvnets.config.data import MAGNITUDE_BINS, RAND_AUGMENT_OPS, DataConfig
+from tfconvnets.data import records, sources
+from tfconvnets.data.pipeline import (
     Pipeline,
     describe_preprocessing,
+    eval_resize_size,
     eval_steps,
-    records,
-    sources,
     train_steps,
 )
-from tfconvnets.data.tf_pipeline import eval_resize_size
 from tfconvnets.errors import UserError
 
 

@@ -34,10 +34,10 @@ import re
 import tarfile
 from collections.abc import Iterator
 
+from tfconvnets.config.data import FOLDER_LAYOUTS as LAYOUTS
 from tfconvnets.data.labels import ClassLabel
 from tfconvnets.errors import UserError
 
-LAYOUTS = ("folders", "ilsvrc2012", "kaggle")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "validation")
 

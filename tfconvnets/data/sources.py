@@ -17,8 +17,9 @@ import re
 
 from absl import logging
 
-from tfconvnets.data import DATA_LAYOUTS, layouts, records
+from tfconvnets.config.data import DATA_LAYOUTS
 from tfconvnets.data import index as index_lib
+from tfconvnets.data import layouts, records
 from tfconvnets.data.labels import LABELS_FILE, read_labels
 from tfconvnets.errors import UserError
 
@@ -156,27 +157,3 @@ def class_names(data_dir: str, num_classes: int, data_layout: str = "auto") -> l
     if len(classes) != num_classes:
         return None
     return [c.text for c in classes]
-
-
-def diagnose_files(data_dir: str, layout: str, split: str) -> list[str]:
-    """``<file>: image does not decode`` for each image of a folder split that fails to decode
-    as the tf.data pipeline decodes it."""
-    import tensorflow as tf
-
-    from tfconvnets.data.tf_pipeline import decode_image
-
-    files = plan_files(data_dir, layout, split, 0, 1)
-
-    def check(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return index, tf.shape(decode_image(tf.io.read_file(path)))
-
-    good = (
-        tf.data.Dataset.from_tensor_slices(list(files.paths))
-        .enumerate()
-        .map(check, num_parallel_calls=tf.data.AUTOTUNE)
-        .ignore_errors(log_warning=False)
-    )
-    decoded = {int(i) for i, _ in good.as_numpy_iterator()}
-    return [
-        f"{path}: image does not decode" for i, path in enumerate(files.paths) if i not in decoded
-    ]

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfconvnets.data import (
-    SYNTHETIC_NUM_EXAMPLES,
-    DataConfig,
-    Pipeline,
-    eval_steps,
-    records,
-    train_steps,
-)
+from tfconvnets.config.data import DataConfig
+from tfconvnets.data import records
+from tfconvnets.data.pipeline import Pipeline, eval_steps, train_steps
+
+# Nominal ImageNet-1k sizes, so that epoch and schedule math behave as with real data.
+SYNTHETIC_NUM_EXAMPLES = {"train": 1_281_167, "validation": 50_000}
 
 
 def build(

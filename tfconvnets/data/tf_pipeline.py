@@ -30,25 +30,19 @@ import tensorflow as tf
 from absl import logging
 
 from tfconvnets import constants
-from tfconvnets.data import (
-    MAGNITUDE_BINS,
-    RAND_AUGMENT_OPS,
-    DataConfig,
+from tfconvnets.config.data import MAGNITUDE_BINS, RAND_AUGMENT_OPS, DataConfig
+from tfconvnets.data import records, sources
+from tfconvnets.data.decoding import decode_image
+from tfconvnets.data.pipeline import (
     Pipeline,
     describe_preprocessing,
+    eval_resize_size,
     eval_steps,
-    records,
-    sources,
     train_steps,
 )
 from tfconvnets.errors import UserError
 
 _READ_BUFFER_BYTES = 8 << 20
-
-
-def eval_resize_size(image_size: int, crop_ratio: float = constants.EVAL_CROP_FRACTION) -> int:
-    """Shorter side before the eval center crop (256 for 224 at 0.875)."""
-    return int(round(image_size / crop_ratio))
 
 
 def rand_augment(magnitude: int, seed: int) -> keras.layers.RandAugment:
@@ -91,15 +85,6 @@ def _random_crop_window(
         use_image_if_no_bounding_boxes=True,
     )
     return begin, size
-
-
-def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """[H, W, 3] uint8 of a JPEG, or of a PNG/BMP/GIF (files in folders may be any)."""
-    return tf.cond(
-        tf.io.is_jpeg(encoded),
-        lambda: tf.io.decode_jpeg(encoded, channels=3),
-        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
-    )
 
 
 def decode_random_crop(encoded: tf.Tensor, seed: tf.Tensor, crop_area_min: float) -> tf.Tensor:

@@ -2,7 +2,7 @@
 benchmarking them (see docs/deployment.md). Entry points: `artifacts.export_artifacts`,
 `predictors.load_artifact`, `benchmark.benchmark_exported`, `precision.calibration_images`."""
 
-# What --export_format accepts (kept free of TensorFlow: the config validates against it).
-EXPORT_FORMATS = ("savedmodel", "onnx", "onnx-fp16", "onnx-int8", "triton")
-# What --int8_activations accepts: uint8 with a zero point, or int8 with zero point 0 (TensorRT).
-INT8_ACTIVATIONS = ("asymmetric", "symmetric")
+# The formats and INT8 variants are declared once, with the flags that choose them.
+from tfconvnets.config.run import EXPORT_FORMATS, INT8_ACTIVATIONS
+
+__all__ = ["EXPORT_FORMATS", "INT8_ACTIVATIONS"]

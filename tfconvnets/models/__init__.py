@@ -1,6 +1,6 @@
 """Model zoo: ResNet-50 v1.5, ResNeXt101-32x4d, SE-ResNeXt101-32x4d, ResNet-26 (pure Keras 3).
 
-The specs and the config section load without Keras; the builders import Keras (and with it
+The specs load without Keras (the config section, `ModelConfig`, is in tfconvnets.config); the builders import Keras (and with it
 TensorFlow or JAX) on first use, so that flags and their errors never wait for a backend.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from tfconvnets.models.config import ModelConfig
 from tfconvnets.models.specs import MODEL_SPECS, ResNetSpec, list_models
 
 if TYPE_CHECKING:
@@ -33,7 +32,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "MODEL_SPECS",
-    "ModelConfig",
     "ResNetSpec",
     "SplitGroupedConv2D",
     "build_resnet",

@@ -7,8 +7,8 @@ when the other ranks have decided to stop (tests/test_faults.py). Named main.py 
 import os
 import time
 
-from runtime.cli import main
 from tfconvnets import checkpoints
+from tfconvnets.runtime.cli import main
 
 
 def slowed(write):

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: machine info, tables, JSON output, timing, children.
+"""Helpers shared by the benchmark scripts (benchmarks/, run from a checkout): machine info,
+tables, JSON output, timing, children.
 
 Every benchmark compares things side by side in one run (the machines are shared, so absolute
 times drift); these helpers keep the scripts short and their output uniform.
@@ -19,7 +20,7 @@ from typing import Any
 
 from tfconvnets.console import import_tensorflow
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 RESULT_PREFIX = "BENCHMARK_RESULT "  # a child process's one JSON result line starts with this
 
 

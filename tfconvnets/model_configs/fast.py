@@ -24,10 +24,8 @@ NVIDIA's weight decay for them), which no anchor has published numbers for.
 
 from __future__ import annotations
 
-from model_configs import nvidia
-from runtime.config import LoopConfig, RunConfig
-from tfconvnets.data import DataConfig
-from tfconvnets.models import ModelConfig
+from tfconvnets.config import DataConfig, LoopConfig, ModelConfig, RunConfig, register_recipe
+from tfconvnets.model_configs import nvidia
 
 EPOCHS = 40
 IMAGE_SIZE_SCHEDULE = ((160, 0.0), (192, 0.75))  # 160 for epochs 1-30, 192 for 31-40
@@ -35,10 +33,10 @@ EVAL_IMAGE_SIZE = 256
 EMA_DECAY = 0.9998
 
 
+@register_recipe("fast")
 def fast(arch: str) -> RunConfig:
     base = nvidia.ninety_epochs(arch)
     return RunConfig(
-        recipe="fast",
         model=ModelConfig(arch=arch),
         data=DataConfig(
             image_size=IMAGE_SIZE_SCHEDULE[-1][0],  # the last training size (model_summary)

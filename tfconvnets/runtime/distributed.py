@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from runtime import cluster as cluster_lib
-from runtime.config import DISTRIBUTIONS
+from tfconvnets.config.run import DISTRIBUTIONS
 from tfconvnets.errors import UserError
+from tfconvnets.runtime import cluster as cluster_lib
 
 # The CPU ring's gradients go in packs of this size: resnet50's 102 MB of fp32 gradients took
 # 344 ms between 2 processes on loopback in 4 MiB packs, 411 in 1 MiB, 466 in 16 MiB and

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from runtime.distributed import Distributed
+from tfconvnets.runtime.distributed import Distributed
 from tfconvnets.training import decayed_kernels, l2_penalty, mix_batch
 
 
@@ -40,7 +40,7 @@ class TrainStep:
     is there to lower (float32/bfloat16, or a fixed scale: there the same gradients would
     overflow again). The streak of consecutive bad steps, the longest streak and the step it
     began at stay on the device, read only when the loop syncs anyway
-    (runtime/numerics.py stops the run when the streak reaches --max_nonfinite_steps). So
+    (tfconvnets/runtime/numerics.py stops the run when the streak reaches --max_nonfinite_steps). So
     does the first step whose labels fall outside [0, num_classes): `tf.one_hot` would
     silently turn them into all-zero targets, and DALI's GPU pipeline hands labels to the
     step unchecked.

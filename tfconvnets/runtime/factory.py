@@ -7,12 +7,12 @@ import dataclasses
 
 import keras
 
-from runtime.config import RunConfig
-from runtime.distributed import Distributed
-from runtime.steps import EvalStep, TrainStep
+from tfconvnets.config import RunConfig
 from tfconvnets.ema import WeightAverage
 from tfconvnets.errors import UserError
 from tfconvnets.models import create_model
+from tfconvnets.runtime.distributed import Distributed
+from tfconvnets.runtime.steps import EvalStep, TrainStep
 from tfconvnets.training import AtLoopStep, learning_rate_schedule, make_optimizer
 
 

@@ -10,8 +10,8 @@ from tfconvnets.console import import_tensorflow, onednn_setting, show_tensorflo
 
 
 def _main(argv: list[str]) -> None:
-    from runtime.flags import config_from_flags
     from tfconvnets.errors import UserError
+    from tfconvnets.runtime.flags import config_from_flags
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -21,8 +21,8 @@ def _main(argv: list[str]) -> None:
         if flags.FLAGS.verbosity >= 1:
             show_tensorflow_cpp_log()
         import_tensorflow()
-        from runtime.modes import run
-        from runtime.preemption import TrainingStopped
+        from tfconvnets.runtime.modes import run
+        from tfconvnets.runtime.preemption import TrainingStopped
 
         try:
             run(config)
@@ -35,7 +35,7 @@ def _main(argv: list[str]) -> None:
 
 
 def main() -> None:
-    from runtime.flags import define_flags
+    from tfconvnets.runtime.flags import define_flags
 
     define_flags()
     app.run(_main)

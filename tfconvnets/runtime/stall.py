@@ -30,7 +30,7 @@ from pathlib import Path
 
 from absl import logging
 
-from runtime.distributed import Distributed
+from tfconvnets.runtime.distributed import Distributed
 
 STALLED_EXIT_CODE = 70  # EX_SOFTWARE: the job cannot go on
 HEARTBEAT_DIR = "heartbeats"

@@ -13,10 +13,10 @@ from pathlib import Path
 import tensorflow as tf
 from absl import logging
 
-from runtime.distributed import Distributed
-from runtime.preemption import NONFINITE_EXIT_CODE, TrainingStopped
-from runtime.steps import TrainStep
 from tfconvnets.errors import UserError
+from tfconvnets.runtime.distributed import Distributed
+from tfconvnets.runtime.preemption import NONFINITE_EXIT_CODE, TrainingStopped
+from tfconvnets.runtime.steps import TrainStep
 
 FLOAT16_MAX = 65504.0
 

@@ -1,6 +1,6 @@
 """The training loop: resume, step, log, checkpoint, evaluate, stop cleanly.
 
-What the loop trains with is built by `runtime.factory`; the checkpoint protocol is
+What the loop trains with is built by `tfconvnets.runtime.factory`; the checkpoint protocol is
 `CheckpointManager`'s, the numeric checks `NumericsGuard`'s, the throughput `ThroughputClock`'s.
 """
 
@@ -14,19 +14,19 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from runtime.checkpointing import CheckpointManager
-from runtime.config import RunConfig
-from runtime.data_errors import is_lost_peer, lost_peer
-from runtime.distributed import Distributed, check_identical
-from runtime.evaluation import evaluate
-from runtime.factory import build_eval_step, build_training
-from runtime.numerics import NumericsGuard
-from runtime.preemption import PREEMPTED_EXIT_CODE, PreemptionSignal, TrainingStopped
-from runtime.reporting import Reporter
-from runtime.stall import StallWatchdog
-from runtime.steps import StepLosses
-from runtime.timing import ThroughputClock
+from tfconvnets.config import RunConfig
 from tfconvnets.data import Pipeline
+from tfconvnets.runtime.checkpointing import CheckpointManager
+from tfconvnets.runtime.data_errors import is_lost_peer, lost_peer
+from tfconvnets.runtime.distributed import Distributed, check_identical
+from tfconvnets.runtime.evaluation import evaluate
+from tfconvnets.runtime.factory import build_eval_step, build_training
+from tfconvnets.runtime.numerics import NumericsGuard
+from tfconvnets.runtime.preemption import PREEMPTED_EXIT_CODE, PreemptionSignal, TrainingStopped
+from tfconvnets.runtime.reporting import Reporter
+from tfconvnets.runtime.stall import StallWatchdog
+from tfconvnets.runtime.steps import StepLosses
+from tfconvnets.runtime.timing import ThroughputClock
 
 
 class Trainer:
@@ -238,7 +238,7 @@ class Trainer:
             )
 
     def _start_watchdog(self) -> StallWatchdog | None:
-        """Names a rank that stops making progress (runtime/stall.py); multi-rank runs only."""
+        """Names a rank that stops making progress (tfconvnets/runtime/stall.py); multi-rank runs only."""
         compute = self.config.compute
         if self.dist.size == 1 or not compute.stall_check_seconds:
             return None
@@ -255,7 +255,7 @@ class Trainer:
 
     def _waiting_for_chief(self) -> contextlib.AbstractContextManager:
         """The chief's checkpoint write, which every rank waits for: the stall watchdog counts
-        it as progress while the chief runs (runtime/stall.py)."""
+        it as progress while the chief runs (tfconvnets/runtime/stall.py)."""
         chief = 0
         return self._watchdog.waiting_for(chief) if self._watchdog else contextlib.nullcontext()
 

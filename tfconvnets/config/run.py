@@ -1,10 +1,11 @@
 """The configuration of one run: typed sections, nested, each field declared once.
 
 The sections of the library (model, data, optimization) and of the runtime (loop, compute,
-run mode) nest into `RunConfig`. Recipes in `model_configs/` are values of it; the absl
-flags are generated from it (`runtime/flags.py`); `model_configs.resolve_config` merges a
-recipe with the flags given and validates the result. No TensorFlow is imported here, so a
-bad flag is reported before TensorFlow loads.
+run mode) nest into `RunConfig`. Recipes in `tfconvnets/model_configs/` are values of it,
+registered by name (`tfconvnets.config.registry`); the absl flags are generated from it
+(`tfconvnets/runtime/flags.py`); `registry.resolve_config` merges a recipe with the flags
+given and validates the result. No TensorFlow is imported here, so a bad flag is reported
+before TensorFlow loads.
 """
 
 from __future__ import annotations
@@ -15,11 +16,17 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from tfconvnets.config import Section, flag_name, flag_text, option, require, require_given
-from tfconvnets.data import DataConfig
-from tfconvnets.deploy import EXPORT_FORMATS, INT8_ACTIVATIONS
-from tfconvnets.models import ModelConfig
-from tfconvnets.optimization import OptimizationConfig
+from tfconvnets.config.base import (
+    Section,
+    flag_name,
+    flag_text,
+    option,
+    require,
+    require_given,
+)
+from tfconvnets.config.data import DataConfig
+from tfconvnets.config.model import ModelConfig
+from tfconvnets.config.optimization import OptimizationConfig
 
 MODES = (
     "train",
@@ -36,6 +43,10 @@ MODES_NEEDING_DATA = ("train", "train_and_evaluate", "evaluate")
 MODES_NEEDING_MODEL_DIR = ("train", "train_and_evaluate", "evaluate", "predict")
 AMP_DTYPES = ("float16", "bfloat16")
 DISTRIBUTIONS = ("horovod", "tensorflow")
+# What --export_format can write (tfconvnets.deploy writes them).
+EXPORT_FORMATS = ("savedmodel", "onnx", "onnx-fp16", "onnx-int8", "triton")
+# onnx-int8's activations: uint8 with a zero point, or int8 with zero point 0 (TensorRT's).
+INT8_ACTIVATIONS = ("asymmetric", "symmetric")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +271,9 @@ class RunModeConfig(Section):
         (), "Batch sizes for inference_benchmark (default: --batch_size).", parse=int
     )
     nvidia_flags: tuple[str, ...] = option(
-        (), "What each NVIDIA TF1 spelling given became (runtime/nvidia_compat.py).", flag=False
+        (),
+        "What each NVIDIA TF1 spelling given became (tfconvnets/config/nvidia_compat.py).",
+        flag=False,
     )
 
     @property
@@ -288,7 +301,9 @@ class RunModeConfig(Section):
 class RunConfig:
     """Everything one run needs; sections are replaced whole (`dataclasses.replace`)."""
 
-    recipe: str = option("nvidia-90", "Named recipe from model_configs/ (flags override it).")
+    recipe: str = option(
+        "nvidia-90", "Named recipe (tfconvnets/model_configs/; flags override it)."
+    )
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimization: OptimizationConfig = dataclasses.field(default_factory=OptimizationConfig)

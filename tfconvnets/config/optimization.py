@@ -1,14 +1,13 @@
 """The optimization section of the run configuration: optimizer, schedule and loss terms.
 
-Kept apart from `tfconvnets.training` (which builds them with TensorFlow) so that the
-configuration, the flags and the recipes load without TensorFlow.
+`tfconvnets.training` builds them with TensorFlow.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from tfconvnets.config import Section, option, require
+from tfconvnets.config.base import Section, option, require
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A section is a frozen dataclass whose fields are made with :func:`option`. The runtime nests
 the sections into one run configuration and generates its command-line flags from these
-declarations (`runtime/flags.py`), so adding an option is one edit: a field here.
+declarations (`tfconvnets/runtime/flags.py`), so adding an option is one edit: a field here.
 Each section checks its own values in :meth:`Section.validate`; the choices of a field are
 checked there too, so a config built in code is held to the same rules as one from flags.
 """

@@ -11,7 +11,7 @@ one action:
 Flags NVIDIA spelled as we do (`--arch`, `--amp`, `--xla`, `--cosine_lr`, `--static_loss_scale`,
 `--weight_init`, `--cpu` ...) are ours and are not listed. The absl flags of this table are
 generated from it (`define_flags`; `--helpfull` lists them under this module), and
-`translate` turns the spellings given into our flags' values for `runtime.flags`: one behaviour
+`translate` turns the spellings given into our flags' values for `tfconvnets.runtime.flags`: one behaviour
 is never reachable under two names with two meanings, so both spellings given with different
 values is an error. The run logs what each spelling became (`NVIDIA flags: ...`) and writes the
 same list into the DLLogger PARAMETER record as `nvidia_flags`.
@@ -27,7 +27,7 @@ from absl import flags
 
 from tfconvnets.errors import UserError
 
-MODULE = "runtime.nvidia_compat (NVIDIA TF1 ConvNets spellings)"
+MODULE = "tfconvnets.config.nvidia_compat (NVIDIA TF1 ConvNets spellings)"
 DEFAULT_STATIC_LOSS_SCALE = 256.0  # NVIDIA's 2020 default of --loss_scale
 
 ALIAS, REFUSE, IGNORE = "alias", "refuse", "ignore"

@@ -6,10 +6,11 @@ from __future__ import annotations
 import tensorflow as tf
 from absl import logging
 
-from runtime.preemption import TrainingStopped
-from runtime.stall import STALLED_EXIT_CODE
-from tfconvnets.data import DataConfig, diagnose_corrupt_records
+from tfconvnets.config import DataConfig
+from tfconvnets.data import diagnose_corrupt_records
 from tfconvnets.errors import UserError
+from tfconvnets.runtime.preemption import TrainingStopped
+from tfconvnets.runtime.stall import STALLED_EXIT_CODE
 
 # What a collective raises once a peer is gone. Horovod: its background loop failed (Gloo's
 # 30 s receive timeout on a stopped rank, or a rank that exited), measured. TensorFlow's

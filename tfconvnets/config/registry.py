@@ -1,7 +1,9 @@
-"""Named recipes (typed `RunConfig` values per arch), and the merge of a recipe with flags.
+"""The named recipes: one registry, filled by `tfconvnets/model_configs/` (Model Garden's
+`exp_factory` pattern), and the merge of a recipe with the flags given.
 
-The arch names come from one registry, `tfconvnets.models.MODEL_SPECS`; each recipe module
-checks at import that it covers exactly those.
+A recipe is a function arch -> `RunConfig`, registered under its `--recipe` name with
+`@register_recipe`. Importing `tfconvnets.model_configs` registers the project's recipes;
+`tfconvnets.runtime.flags` does that before it builds the flags.
 """
 
 from __future__ import annotations
@@ -11,27 +13,37 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from model_configs import fast, nvidia
-from runtime.config import FLAG_FIELDS, MODES_NEEDING_DATA, RunConfig
-from tfconvnets.config import require
+from tfconvnets.config.base import require
+from tfconvnets.config.model import ARCHS
+from tfconvnets.config.run import FLAG_FIELDS, MODES_NEEDING_DATA, RunConfig
 from tfconvnets.errors import UserError
-from tfconvnets.models import MODEL_SPECS
 
-RECIPES: Mapping[str, Callable[[str], RunConfig]] = types.MappingProxyType(
-    {
-        "nvidia-90": nvidia.ninety_epochs,
-        "nvidia-250": nvidia.two_hundred_fifty_epochs,
-        "fast": fast.fast,
-    }
-)
+Recipe = Callable[[str], RunConfig]
+
+_RECIPES: dict[str, Recipe] = {}
+RECIPES: Mapping[str, Recipe] = types.MappingProxyType(_RECIPES)  # read-only view, by name
 DEFAULT_RECIPE = RunConfig.recipe
+
+
+def register_recipe(name: str) -> Callable[[Recipe], Recipe]:
+    """Registers the decorated arch -> RunConfig function as `--recipe=name`."""
+
+    def register(recipe: Recipe) -> Recipe:
+        if name in _RECIPES:
+            raise KeyError(f"recipe {name!r} is registered twice")
+        _RECIPES[name] = recipe
+        return recipe
+
+    return register
 
 
 def get_config(arch: str, recipe: str = DEFAULT_RECIPE) -> RunConfig:
     """The recipe's configuration for `arch`, before any flag."""
-    require(arch in MODEL_SPECS, "arch", f"{arch!r} is not one of {', '.join(MODEL_SPECS)}")
+    if not RECIPES:
+        raise LookupError("no recipe is registered: import tfconvnets.model_configs first")
+    require(arch in ARCHS, "arch", f"{arch!r} is not one of {', '.join(ARCHS)}")
     require(recipe in RECIPES, "recipe", f"{recipe!r} is not one of {', '.join(RECIPES)}")
-    return RECIPES[recipe](arch)
+    return dataclasses.replace(RECIPES[recipe](arch), recipe=recipe)
 
 
 def resolve_config(values: Mapping[str, Any] | None = None, **more: Any) -> RunConfig:

@@ -1,4 +1,4 @@
-"""absl flags generated from the config declaration (`runtime.config.RunConfig`).
+"""absl flags generated from the config declaration (`tfconvnets.config.RunConfig`).
 
 Each config field becomes one flag of the same name (NVIDIA DeepLearningExamples' names
 where they exist), with the field's type, help text and choices; every boolean has its
@@ -15,12 +15,19 @@ from typing import Any
 
 from absl import flags
 
-from model_configs import RECIPES, get_config, resolve_config
-from runtime import nvidia_compat
-from runtime.config import RunConfig
-from tfconvnets.config import Section, flag_name
+import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+from tfconvnets.config import (
+    RECIPES,
+    ModelConfig,
+    RunConfig,
+    Section,
+    flag_name,
+    get_config,
+    nvidia_compat,
+    resolve_config,
+)
 from tfconvnets.errors import UserError
-from tfconvnets.models import MODEL_SPECS, ModelConfig
+from tfconvnets.models import MODEL_SPECS
 
 _RECIPE_NOTE = " (default: the recipe's)"
 
@@ -85,7 +92,7 @@ def given_values(
     flag_values: flags.FlagValues = flags.FLAGS, defaults: RunConfig | None = None
 ) -> dict[str, Any]:
     """The flags given on the command line, converted to their config fields' types, with
-    NVIDIA's spellings translated (`runtime.nvidia_compat`)."""
+    NVIDIA's spellings translated (`tfconvnets.config.nvidia_compat`)."""
     return _given_and_translated(flag_values, defaults)[0]
 
 

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import types
 
-from runtime.config import LoopConfig, RunConfig
-from tfconvnets.models import MODEL_SPECS, ModelConfig
-from tfconvnets.optimization import OptimizationConfig
+from tfconvnets.config import (
+    ARCHS,
+    LoopConfig,
+    ModelConfig,
+    OptimizationConfig,
+    RunConfig,
+    register_recipe,
+)
 
 # NVIDIA's weight decay per arch: 1/32768 for ResNet-50, 1/16384 for the 101-layer models.
 # NVIDIA has no ResNet-26; it takes ResNet-50's recipe.
@@ -23,15 +28,15 @@ WEIGHT_DECAY = types.MappingProxyType(
         "se-resnext101-32x4d": 6.103515625e-05,
     }
 )
-if set(WEIGHT_DECAY) != set(MODEL_SPECS):  # every arch of the zoo has a recipe, and no other
+if set(WEIGHT_DECAY) != set(ARCHS):  # every arch of the zoo has a recipe, and no other
     raise ImportError(
-        f"model_configs.nvidia covers {sorted(WEIGHT_DECAY)}, not {sorted(MODEL_SPECS)}"
+        f"tfconvnets.model_configs.nvidia covers {sorted(WEIGHT_DECAY)}, not {sorted(ARCHS)}"
     )
 
 
+@register_recipe("nvidia-90")
 def ninety_epochs(arch: str) -> RunConfig:
     return RunConfig(
-        recipe="nvidia-90",
         model=ModelConfig(arch=arch),
         optimization=OptimizationConfig(
             lr_init=0.256,
@@ -46,11 +51,11 @@ def ninety_epochs(arch: str) -> RunConfig:
     )
 
 
+@register_recipe("nvidia-250")
 def two_hundred_fifty_epochs(arch: str) -> RunConfig:
     """NVIDIA's longer recipe: the same, for 250 epochs with mixup 0.2."""
     config = ninety_epochs(arch)
     return RunConfig(
-        recipe="nvidia-250",
         model=config.model,
         optimization=config.optimization.replace(mixup=0.2),
         loop=config.loop.replace(num_iter=250),

@@ -6,9 +6,9 @@ import time
 
 import tensorflow as tf
 
-from runtime.distributed import Distributed
-from runtime.steps import EvalStep
 from tfconvnets.data import Pipeline
+from tfconvnets.runtime.distributed import Distributed
+from tfconvnets.runtime.steps import EvalStep
 
 
 def evaluate(eval_step: EvalStep, data: Pipeline, dist: Distributed) -> dict:

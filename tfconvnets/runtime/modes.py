@@ -12,19 +12,19 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from model_configs import get_config
-from runtime import process
-from runtime.checkpointing import CheckpointManager
-from runtime.config import MODES, RunConfig
-from runtime.data_errors import explain_data_error
-from runtime.evaluation import evaluate
-from runtime.factory import build_eval_step, build_model
-from runtime.process import Context
-from runtime.trainer import Trainer
+import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+from tfconvnets.config import MODES, RunConfig, get_config
 from tfconvnets.data import Pipeline, build_pipeline, class_names, labels
 from tfconvnets.deploy.savedmodel import inference_function
 from tfconvnets.errors import UserError
 from tfconvnets.models import count_macs
+from tfconvnets.runtime import process
+from tfconvnets.runtime.checkpointing import CheckpointManager
+from tfconvnets.runtime.data_errors import explain_data_error
+from tfconvnets.runtime.evaluation import evaluate
+from tfconvnets.runtime.factory import build_eval_step, build_model
+from tfconvnets.runtime.process import Context
+from tfconvnets.runtime.trainer import Trainer
 
 Results = list[dict]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -358,4 +358,6 @@ MODE_FUNCTIONS: dict[str, Callable[[Context], Results]] = {
     "data_benchmark": data_benchmark,
 }
 if set(MODE_FUNCTIONS) | {"model_summary"} != set(MODES):  # one list of modes: config.MODES
-    raise ImportError(f"runtime.modes implements {sorted(MODE_FUNCTIONS)}, config lists {MODES}")
+    raise ImportError(
+        f"tfconvnets.runtime.modes implements {sorted(MODE_FUNCTIONS)}, config lists {MODES}"
+    )

@@ -11,11 +11,11 @@ from pathlib import Path
 import keras
 from absl import logging
 
-from runtime.config import RunConfig
-from runtime.distributed import Distributed, configure_devices
-from runtime.reporting import Reporter, tensorboard_dir
+from tfconvnets.config import RunConfig
 from tfconvnets.console import onednn_setting
 from tfconvnets.errors import UserError
+from tfconvnets.runtime.distributed import Distributed, configure_devices
+from tfconvnets.runtime.reporting import Reporter, tensorboard_dir
 
 
 @dataclasses.dataclass(frozen=True)

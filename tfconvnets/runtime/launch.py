@@ -33,8 +33,8 @@ from pathlib import Path
 
 import psutil
 
-from runtime.checkpointing import PREEMPTED_FILE
-from runtime.preemption import PREEMPTED_EXIT_CODE
+from tfconvnets.runtime.checkpointing import PREEMPTED_FILE
+from tfconvnets.runtime.preemption import PREEMPTED_EXIT_CODE
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
