@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import logging as py_logging
+import os
 import re
+import socket
 import time
+from pathlib import Path
 
 from tfconvnets.runtime.distributed import Distributed
 from tfconvnets.runtime.stall import StallWatchdog
@@ -152,6 +155,34 @@ def test_the_ranks_a_failed_collective_lost_are_those_not_seen_running(tmp_path)
             "unreachable), last after step 5",
             f"rank 2 (no heartbeat in {watchdog.directory}: it ended, has not started, or runs "
             "on a host that does not share this directory)",
+        ]
+    finally:
+        watchdog.stop()
+
+
+def _pid_not_running() -> int:
+    """A pid no process has (counting down from the kernel's largest)."""
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    return pid
+
+
+def test_a_peer_process_that_exited_on_this_host_is_named_at_once(tmp_path):
+    """A SIGKILLed peer's heartbeat is still fresh when the collective fails; its process is
+    gone, which this host can see (measured: the ring aborts within a second of the kill)."""
+    watchdog = StallWatchdog(
+        RANK_0_OF_3, str(tmp_path), check_seconds=10, shutdown_seconds=0, startup_seconds=0
+    )
+    watchdog.start(step=7)
+    try:
+        here = socket.gethostname()
+        gone = _pid_not_running()
+        for rank, pid in ((1, gone), (2, os.getpid())):
+            beat = {"rank": rank, "host": here, "pid": pid, "step": 7, "time": time.time()}
+            (watchdog.directory / f"rank-{rank:05d}.json").write_text(json.dumps(beat))
+        assert watchdog.lost_ranks(time.time()) == [
+            f"rank 1 (pid {gone} on {here}) has exited, last after step 7"
         ]
     finally:
         watchdog.stop()

@@ -1,5 +1,10 @@
-"""Helpers shared by the benchmark scripts (benchmarks/, run from a checkout): machine info,
-tables, JSON output, timing, children.
+"""Helpers shared by the benchmark scripts (benchmarks/, run from a checkout): the command
+line, machine info, tables, JSON output, timing, children.
+
+An option that is also a flag of the run (--arch, --image_size, --batch_size, ...) is declared
+with `add_config_options`: its type, help and choices come from the config declaration
+(`tfconvnets.config`), so --arch accepts exactly the model registry's names in every script;
+each benchmark picks its own default. `add_archs_option` is the comma-separated --archs list.
 
 Every benchmark compares things side by side in one run (the machines are shared, so absolute
 times drift); these helpers keep the scripts short and their output uniform.
@@ -7,6 +12,8 @@ times drift); these helpers keep the scripts short and their output uniform.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -15,13 +22,117 @@ import statistics
 import subprocess
 import sys
 import time
+import types
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tfconvnets.config import ARCHS, FLAG_FIELDS, RunConfig
 from tfconvnets.console import import_tensorflow
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 RESULT_PREFIX = "BENCHMARK_RESULT "  # a child process's one JSON result line starts with this
+
+
+_CONFIG = RunConfig()
+_CONFIG_DEFAULT: Any = object()  # add_config_option's default: the run's own default
+
+
+def benchmark_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's parser, described by the first paragraph of `doc` (its module docstring)."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+
+
+def add_config_options(parser: argparse.ArgumentParser, *names: str, **defaults: Any) -> None:
+    """Options named like the run's flags, typed and explained by the config declaration:
+    `names` keep the run's default, `defaults` (flag name=value) set the benchmark's own."""
+    for name in names:
+        add_config_option(parser, name)
+    for name, default in defaults.items():
+        add_config_option(parser, name, default)
+
+
+def add_config_option(
+    parser: argparse.ArgumentParser,
+    name: str,
+    default: Any = _CONFIG_DEFAULT,
+    *,
+    note: str = "",
+    required: bool = False,
+) -> argparse.Action:
+    """One option as the run's flag `--name` declares it (type, choices, help); `note` adds
+    what it means in this benchmark. A bool flag takes --name and --no-name."""
+    if name not in FLAG_FIELDS:
+        raise KeyError(f"--{name} is not a flag of the run configuration (tfconvnets.config)")
+    section_name, field_name = FLAG_FIELDS[name]
+    section = type(getattr(_CONFIG, section_name))
+    field = next(f for f in dataclasses.fields(section) if f.name == field_name)
+    kind = _scalar_type(typing.get_type_hints(section)[field_name], name)
+    if default is _CONFIG_DEFAULT:
+        default = getattr(getattr(_CONFIG, section_name), field_name)
+    here = [note] if note else []
+    if required:
+        here.append("required")
+    elif default is not None:
+        here.append(f"default {_shown(default)}")
+    text = field.metadata["help"] + (f" Here: {'; '.join(here)}." if here else "")
+    options: dict[str, Any] = {"default": default, "help": text.replace("%", "%%")}
+    if required:
+        options["required"] = True
+    if kind is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    else:
+        options["type"] = kind
+        if field.metadata.get("choices"):
+            options["choices"] = field.metadata["choices"]
+    return parser.add_argument(f"--{name}", **options)
+
+
+def _scalar_type(hint: Any, name: str) -> type:
+    """int, float, str or bool from a field's annotation (`X | None` gives X)."""
+    if isinstance(hint, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if hint not in (int, float, str, bool):
+        raise TypeError(f"--{name} ({hint}) is not a scalar option a benchmark can take")
+    return hint
+
+
+def _shown(value: Any) -> str:
+    return (
+        {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
+    )
+
+
+def arch_list(text: str) -> tuple[str, ...]:
+    """`a,b` -> ("a", "b"), each one of the model registry's names (argparse's `type`)."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in ARCHS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(map(repr, unknown)) or 'no name'} is not an arch "
+            f"(comma-separated, of: {', '.join(ARCHS)})"
+        )
+    return names
+
+
+def add_archs_option(
+    parser: argparse.ArgumentParser, default: Sequence[str] | None = ARCHS, note: str = ""
+) -> argparse.Action:
+    """--archs: comma-separated names of the model registry (a tuple in the namespace)."""
+    shown = (
+        ""
+        if not default
+        else "default all"
+        if tuple(default) == ARCHS
+        else f"default {','.join(default)}"
+    )
+    return parser.add_argument(
+        "--archs",
+        type=arch_list,
+        default=tuple(default) if default else None,
+        help=f"Comma-separated architectures, of: {', '.join(ARCHS)}. "
+        f"Here: {'; '.join(filter(None, (note, shown)))}.",
+    )
 
 
 def machine_info() -> dict[str, Any]:

@@ -33,8 +33,7 @@ from pathlib import Path
 
 import psutil
 
-from tfconvnets.runtime.checkpointing import PREEMPTED_FILE
-from tfconvnets.runtime.preemption import PREEMPTED_EXIT_CODE
+from tfconvnets.runtime.preemption import PREEMPTED_EXIT_CODE, PREEMPTED_FILE
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 

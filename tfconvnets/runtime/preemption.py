@@ -6,6 +6,9 @@ import signal
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again (the same command resumes)
 NONFINITE_EXIT_CODE = 65  # EX_DATAERR
+# Left next to the checkpoint by a run that stopped for preemption, removed by the next start.
+# Launchers that lose the workers' exit code 75 (horovodrun exits 1) are told apart by it.
+PREEMPTED_FILE = "PREEMPTED"
 
 
 class TrainingStopped(Exception):

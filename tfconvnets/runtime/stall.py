@@ -206,10 +206,16 @@ class StallWatchdog:
         return found
 
     def lost_ranks(self, now: float) -> list[str]:
-        """The ranks this rank cannot see running, in words: a stale heartbeat, or none at all
-        (for a collective that failed: one of them is the peer it lost)."""
+        """The ranks this rank cannot see running, in words: a process of this host that has
+        exited, a stale heartbeat, or none at all (for a collective that failed: one of them is
+        the peer it lost). An exit is seen at once; a stale heartbeat takes three beats."""
         beats = self.heartbeats()
-        found = [_not_running(b, now) for b in beats if now - b["time"] > self._stale_after]
+        found = [
+            _exited(b) if _has_exited(b) else _not_running(b, now)
+            for b in beats
+            if b["rank"] != self.dist.rank
+            and (_has_exited(b) or now - b["time"] > self._stale_after)
+        ]
         if self.directory is not None:
             seen = {b["rank"] for b in beats} | {self.dist.rank}
             found += [
@@ -244,6 +250,23 @@ class StallWatchdog:
 
 def _where(beat: dict) -> str:
     return f"rank {beat['rank']} (pid {beat['pid']} on {beat['host']})"
+
+
+def _has_exited(beat: dict) -> bool:
+    """Whether the heartbeat's process ran on this host and no longer exists."""
+    if beat["host"] != socket.gethostname():
+        return False
+    try:
+        os.kill(beat["pid"], 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, as another user's
+        return False
+    return False
+
+
+def _exited(beat: dict) -> str:
+    return f"{_where(beat)} has exited, last after step {beat['step']}"
 
 
 def _not_running(beat: dict, now: float) -> str:
