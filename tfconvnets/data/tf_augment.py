@@ -272,7 +272,7 @@ TRIVIAL_AUGMENT_SUITE = _common(32, 0.99, 135, (0.01, 0.99), 2)
 
 # DALI's get_image_net_policy: 11 bins; translations of up to 250 px.
 AUTO_AUGMENT_BINS = 11
-_AA = {
+AUTO_AUGMENT_SUITE: dict[str, Augmentation] = {
     "shear_x": Augmentation("shear_x", (0, 0.3), True),
     "shear_y": Augmentation("shear_y", (0, 0.3), True),
     "translate_y": Augmentation("translate_y", (0, 250), True),
@@ -365,7 +365,7 @@ def _auto_augment_tables() -> tuple[list[Augmentation], np.ndarray, np.ndarray, 
     for i, sub in enumerate(AUTO_AUGMENT_POLICY):
         for j, (name, p, b) in enumerate(sub):
             ops[i, j], probs[i, j], bins[i, j] = names.index(name), p, b or 0
-    return [_AA[name] for name in names], ops, probs, bins
+    return [AUTO_AUGMENT_SUITE[name] for name in names], ops, probs, bins
 
 
 def _maybe_apply(
