@@ -19,8 +19,8 @@ from tests.data_fixtures import UNIQUE_CLASSES, make_unique_dataset
 from tests.test_trainer import BATCH, CLASSES, SINGLE, STEPS_PER_EPOCH, small_config
 from tfconvnets import constants
 from tfconvnets.config import RECIPES, DataConfig, resolve_config
-from tfconvnets.config.data import size_at_epoch
-from tfconvnets.data import Pipeline, build_pipeline
+from tfconvnets.config.data import MAGNITUDE_BINS, size_at_epoch
+from tfconvnets.data import Pipeline, build_pipeline, tf_augment
 from tfconvnets.errors import UserError
 from tfconvnets.models import ResNetSpec, build_resnet
 from tfconvnets.runtime.flags import define_flags, given_values
@@ -91,18 +91,12 @@ def test_bad_values_get_one_line_naming_the_flag(values, message):
     assert message in str(raised.value) and "\n" not in str(raised.value)
 
 
-@pytest.mark.parametrize("policy", ["autoaugment", "trivialaugment"])
-def test_tf_data_refuses_the_policies_it_does_not_have(policy, tmp_path):
-    with pytest.raises(UserError) as raised:
-        resolve_config(
-            mode="training_benchmark", data_backend="tf", data_dir=str(tmp_path),
-            auto_augment=policy,
-        )  # fmt: skip
-    message = str(raised.value)
-    assert message == (
-        f"--auto_augment: {policy} is not available with --data_backend=tf (only none, "
-        "randaugment); use --data_backend=dali"
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
+def test_tf_data_accepts_every_policy(policy, tmp_path):
+    config = resolve_config(
+        mode="training_benchmark", data_backend="tf", data_dir=str(tmp_path), auto_augment=policy
     )
+    assert config.data.auto_augment == policy
 
 
 # --- the `fast` recipe ---------------------------------------------------------------------
@@ -176,69 +170,222 @@ def mean_abs_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a - b).mean(axis=(1, 2, 3))
 
 
+POLICIES = ["autoaugment", "randaugment", "trivialaugment"]
+
+
 @pytest.fixture(scope="module")
-def rand_augmented(jpegs):
-    """Per backend: the plain training images, again, and with randaugment at magnitude 9."""
-    out = {}
-    for backend in ("tf", "dali"):
-        plain, labels = batches(jpegs, backend, "none")
-        again, labels_again = batches(jpegs, backend, "none")
-        augmented, augmented_labels = batches(jpegs, backend, "randaugment")
-        out[backend] = (plain, labels, again, labels_again, augmented, augmented_labels)
-    return out
+def plain_batches(jpegs):
+    """Per backend: the plain training images, twice, to show that off means unchanged."""
+    return {backend: (batches(jpegs, backend, "none"), batches(jpegs, backend, "none"))
+            for backend in ("tf", "dali")}  # fmt: skip
 
 
+@pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("backend", ["tf", "dali"])
-def test_randaugment_changes_the_training_images_and_nothing_else(rand_augmented, backend):
-    plain, labels, again, labels_again, augmented, augmented_labels = rand_augmented[backend]
+def test_a_policy_changes_the_training_images_and_nothing_else(
+    plain_batches, jpegs, backend, policy
+):
+    (plain, labels), (again, labels_again) = plain_batches[backend]
     # Off: the same seed gives the same images, so any change below is the policy's.
     np.testing.assert_array_equal(plain, again)
     np.testing.assert_array_equal(labels, labels_again)
+    augmented, augmented_labels = batches(jpegs, backend, policy)
     np.testing.assert_array_equal(labels, augmented_labels)  # same records, same labels
     change = mean_abs_change(augmented, plain)
-    assert (change > 0.5).mean() >= 0.9, change  # (nearly) every image is changed
+    # randaugment applies 2 ops to every image; the other two pick one sub-policy or op, which
+    # may be identity-like (identity, a low bin, a stage that does not run), so most change.
+    assert (change > 0.5).mean() >= (0.9 if policy == "randaugment" else 0.5), change
     # Valid pixels: within 0..255 and whole numbers (uint8 in DALI; rounded in tf.data).
     assert augmented.min() > -1e-3 and augmented.max() < 255 + 1e-3
     assert np.abs(augmented - np.round(augmented)).max() < 1e-3
-    assert np.isfinite(augmented).all()
+    if backend == "tf":  # stateless draws from the per-image seeds: the same in every run
+        np.testing.assert_array_equal(augmented, batches(jpegs, backend, policy)[0])
 
 
-def test_both_backends_apply_randaugment_of_the_same_strength(rand_augmented):
-    """The mean absolute pixel change randaugment m=9 makes, per backend, is of one order.
+# --- tf.data's policies are DALI's, op by op ----------------------------------------------------
 
-    The two are one policy family, not one implementation: DALI uses torchvision's 14 ops at
-    the fixed bin 9 of 30 (identity among them), Keras 3 its own 11 ops (no identity), each
-    op's strength drawn uniformly up to 9/30 of its range (rotation as a fraction of a turn,
-    posterize to 8 x 0.3 bits). Measured on these 24 images: DALI 38.6, Keras 58.7 (0..255).
-    So the test asks for the same order: both in [15, 120] and within a factor 3 of each
-    other. Breaking the wiring (no policy: 0, magnitude 30 where 9 is asked, or the DALI
-    policy before the resize) moves a backend far out of that, or to 0.
-    """
-    changes = {b: float(mean_abs_change(r[4], r[0]).mean()) for b, r in rand_augmented.items()}
-    assert all(15 < c < 120 for c in changes.values()), changes
-    ratio = changes["tf"] / changes["dali"]
-    assert 1 / 3 < ratio < 3, changes
+# The suites as DALI builds them for tfconvnets/data/dali_pipeline.py (no image shapes: absolute
+# translations), with tf_augment's counterparts and the number of bins.
+SUITES = ("autoaugment", "randaugment", "trivialaugment")
 
 
-@pytest.mark.parametrize("policy", ["autoaugment", "trivialaugment"])
-def test_dali_autoaugment_and_trivialaugment_change_the_images(rand_augmented, jpegs, policy):
-    plain, labels = rand_augmented["dali"][:2]
-    augmented, augmented_labels = batches(jpegs, "dali", policy)
-    np.testing.assert_array_equal(labels, augmented_labels)
-    change = mean_abs_change(augmented, plain)
-    # Both policies may pick identity-like ops for an image; most images change.
-    assert (change > 0.5).mean() >= 0.5, change
-    assert augmented.min() > -1e-3 and augmented.max() < 255 + 1e-3
+def suites(policy: str) -> tuple[list, list[tf_augment.Augmentation], int]:
+    """(DALI's augmentations, tf_augment's, bins) of a policy, in the policy's order."""
+    from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
+
+    if policy == "autoaugment":
+        dali = auto_augment.get_image_net_policy()
+        names = sorted(dali.augmentations)
+        ours = [tf_augment.AUTO_AUGMENT_SUITE[name] for name in names]
+        return [dali.augmentations[n] for n in names], ours, dali.num_magnitude_bins
+    if policy == "randaugment":
+        dali = rand_augment.get_rand_augment_suite()
+        return dali, tf_augment.RAND_AUGMENT_SUITE, MAGNITUDE_BINS
+    dali = trivial_augment.get_trivial_augment_wide_suite()
+    return dali, tf_augment.TRIVIAL_AUGMENT_SUITE, MAGNITUDE_BINS
+
+
+def dali_parameter(augmentation, bins: int, magnitude_bin: int, negated: bool) -> np.ndarray:
+    """DALI's parameter for a bin and sign, from its public setup, as its Augmentation
+    documents it: mag_to_param(linspace(*mag_range, bins)[bin] * (-1) ** sign)."""
+    if augmentation.mag_range is None:
+        return np.array(0, np.float32)
+    magnitude = np.linspace(*augmentation.mag_range, bins, dtype=np.float32)[magnitude_bin]
+    if augmentation.randomly_negate and negated:
+        magnitude = -magnitude
+    return np.asarray(augmentation.mag_to_param(magnitude))
+
+
+def as_dali_parameter(name: str, parameter: float) -> np.ndarray:
+    """tf_augment's scalar parameter in the form DALI's op takes."""
+    if name in ("shear_x", "translate_x"):
+        return np.array([parameter, 0], np.float32)
+    if name in ("shear_y", "translate_y"):
+        return np.array([0, parameter], np.float32)
+    if name == "sharpness":
+        blur = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13
+        identity = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], np.float32)
+        return -parameter * blur + (1 + parameter) * identity
+    if name in ("posterize", "solarize_add"):
+        return np.array(parameter, np.uint8)
+    return np.array(parameter, np.float32)
+
+
+@pytest.mark.parametrize("policy", SUITES)
+def test_tf_data_has_dalis_ops_magnitudes_and_parameters(policy):
+    """The same ops in the same order (RandAugment and TrivialAugment draw an index into the
+    suite), and for every bin and sign the parameter DALI's mapping gives, exactly."""
+    dali, ours, bins = suites(policy)
+    assert [a.name for a in ours] == [a.name for a in dali]
+    for theirs, mine in zip(dali, ours, strict=True):
+        assert mine.signed == bool(theirs.randomly_negate), mine.name
+        params = mine.params(bins)
+        for b in range(bins):
+            for sign in (0, 1):
+                expected = dali_parameter(theirs, bins, b, bool(sign))
+                got = as_dali_parameter(mine.name, params[2 * b + sign])
+                np.testing.assert_allclose(got, expected.astype(got.dtype), rtol=1e-6)
+
+
+def test_tf_data_has_dalis_autoaugment_sub_policies():
+    from nvidia.dali.auto_aug import auto_augment
+
+    dali = auto_augment.get_image_net_policy()
+    expected = [[(a.name, p, b) for a, p, b in sub] for sub in dali.sub_policies]
+    assert [list(sub) for sub in tf_augment.AUTO_AUGMENT_POLICY] == expected
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[np.ndarray]:
+    """4 fixed photo crops of about 128 x 96 px (one portrait), decoded once (PIL): the same
+    pixels reach both implementations, so only the ops differ. Large enough that translations
+    of the bins checked below keep part of the image."""
+    from tfconvnets.data.sample_images import _sample_photos, make_sample_image
+
+    rng, sources = np.random.default_rng(0), _sample_photos()
+    return [np.asarray(make_sample_image(sources, rng, (128, 96))) for _ in range(4)]
+
+
+def run_dali_op(augmentation, images: list[np.ndarray], params: list[np.ndarray]) -> list:
+    """DALI's op (on the CPU) on every image at every parameter: [image][parameter] uint8."""
+    import inspect
+
+    from nvidia.dali import fn, pipeline_def
+
+    images_in = [image for image in images for _ in params]
+    # float64 (a mapping's [m, 0] list) as float32, as DALI's types.Constant takes it.
+    params = [p.astype(np.float32) if p.dtype == np.float64 else p for p in params]
+    params_in = [p for _ in images for p in params]
+    extra = {"fill_value": 128, "interp_type": None}  # the policies' defaults, for the warps
+    accepted = inspect.signature(augmentation.op).parameters
+    kwargs = {k: v for k, v in extra.items() if k in accepted}
+
+    @pipeline_def(batch_size=len(images_in), num_threads=1, device_id=None)
+    def graph():
+        data = fn.external_source(source=lambda: images_in, batch=True, layout="HWC")
+        param = fn.external_source(source=lambda: params_in, batch=True)
+        return augmentation.op(data, param, **kwargs)
+
+    pipeline = graph()
+    pipeline.build()
+    (out,) = pipeline.run()
+    flat = [np.array(out.at(i)) for i in range(len(images_in))]
+    return [flat[i * len(params) : (i + 1) * len(params)] for i in range(len(images))]
+
+
+# Largest difference in 0..255 levels, and largest mean absolute difference per image, from
+# DALI's op at the same parameter. Measured on these photos at every bin and sign of the three
+# suites: the point ops are the same integer arithmetic (0); colour (YIQ twist) and sharpness
+# (3x3 filter) are float sums in another order, so a value at x.5 may round to the next level:
+# 1 level in <= 0.09% of values; the warps compute bilinear weights from coordinates mapped in
+# another float order (DALI's warp_affine/rotate vs ImageProjectiveTransformV3), 1 level in
+# <= 7.3% of values (shear_y of RandAugment at small shears, where many samples fall on
+# half-pixel ties), 0 for whole-pixel translations. A wrong op, sign or bin moves values by
+# many levels (the negative check below), far beyond 1.
+WARPS = ("shear_x", "shear_y", "rotate")
+TOLERANCE = {**{w: (1, 0.1) for w in WARPS}, "color": (1, 0.005), "sharpness": (1, 0.005)}
+CHECKED_BINS = {"autoaugment": (0, 3, 10), "randaugment": (0, 9, 15, 30),
+                "trivialaugment": (0, 9, 15, 30)}  # fmt: skip
+
+
+def within(name: str, ours: np.ndarray, theirs: np.ndarray) -> tuple[bool, float, float]:
+    diff = np.abs(ours.astype(np.float32) - theirs.astype(np.float32))
+    max_diff, mean_diff = TOLERANCE.get(name, (0, 0.0))
+    return diff.max() <= max_diff and diff.mean() <= mean_diff, diff.max(), diff.mean()
+
+
+OP_CASES = [
+    (policy, name)
+    for policy, names in (
+        ("autoaugment", sorted(tf_augment.AUTO_AUGMENT_SUITE)),
+        ("randaugment", [a.name for a in tf_augment.RAND_AUGMENT_SUITE]),
+        ("trivialaugment", [a.name for a in tf_augment.TRIVIAL_AUGMENT_SUITE]),
+    )
+    for name in names
+]
+
+
+@pytest.mark.parametrize("policy, name", OP_CASES, ids=[f"{p}-{n}" for p, n in OP_CASES])
+def test_each_tf_data_op_matches_dalis_at_the_same_bin_and_sign(photos, policy, name):
+    """tf_augment's op at its own parameter for (bin, sign) against DALI's op at the parameter
+    DALI's mapping gives, on the same decoded photos; then, as a check that the comparison
+    would catch a mistake, ours at the second bin checked against DALI's at the third (a wrong
+    magnitude) and at the other sign (a wrong sign) are outside the tolerance."""
+    dali, ours, bins = suites(policy)
+    index = [a.name for a in ours].index(name)
+    theirs, mine = dali[index], ours[index]
+    checked = CHECKED_BINS[policy] if mine.mag_range else (0,)
+    signs = (0, 1) if mine.signed else (0,)
+    keys = [(b, s) for b in checked for s in signs]
+    dali_params = [dali_parameter(theirs, bins, b, bool(s)) for b, s in keys]
+    outputs = run_dali_op(theirs, photos, dali_params)
+    table = mine.params(bins)
+    op = tf_augment.OPS[name]
+    for image, expected in zip(photos, outputs, strict=True):
+        ours_out = {}
+        for key, reference in zip(keys, expected, strict=True):
+            param = tf.constant(table[2 * key[0] + key[1]])
+            ours_out[key] = op(tf.constant(image, tf.float32), param).numpy()
+            ok, max_diff, mean_diff = within(name, ours_out[key], reference)
+            assert ok, (name, key, image.shape, max_diff, mean_diff)
+        if mine.mag_range is None:
+            continue
+        low, high = checked[1], checked[2]
+        wrong = [expected[keys.index((high, 0))]]  # a wrong magnitude
+        if mine.signed:
+            wrong.append(expected[keys.index((low, 1))])  # a wrong sign
+        for reference in wrong:
+            assert not within(name, ours_out[(low, 0)], reference)[0], (name, image.shape)
 
 
 # --- test-time resolution ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("backend", ["tf", "dali"])
-def test_eval_batches_come_at_the_eval_size_and_are_never_augmented(jpegs, backend):
+def test_eval_batches_come_at_the_eval_size_and_are_never_augmented(jpegs, backend, policy):
     sized = dict(training=False, n=1, eval_image_size=64)
     plain, labels = batches(jpegs, backend, "none", **sized)
-    policy = "randaugment" if backend == "tf" else "trivialaugment"
     augmented, augmented_labels = batches(jpegs, backend, policy, **sized)
     assert plain.shape == (8, 64, 64, 3)
     np.testing.assert_array_equal(plain, augmented)
@@ -407,3 +554,33 @@ def test_the_export_after_training_gets_the_ema_weights_at_the_eval_size(tmp_pat
         np.testing.assert_array_equal(w, a.numpy())
     live = [v.numpy() for v in trainer.model.trainable_variables]  # the trained ones, back
     assert any(not np.array_equal(w, v) for w, v in zip(weights, live, strict=True))
+
+
+# --- exact resume with a policy ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize("backend", ["tf", "dali"])
+def test_a_run_with_a_policy_resumes_exactly(small_digits_tfrecords, tmp_path, backend):
+    """main.py with --auto_augment=trivialaugment (one process, 20 steps of 4 per epoch),
+    stopped by --run_iter after 2 steps and run again: the resumed run rebuilds epoch 1 and
+    skips 2 batches, and each step's loss and the final weights are those of a run straight
+    through 6 steps, so the policy's draws came again as they were."""
+    from tests.test_faults import SYNTHETIC_TRAIN, assert_same_final_weights, main_py, step_losses
+
+    args = [
+        *(a for a in SYNTHETIC_TRAIN if not a.startswith("--data_backend")),
+        f"--data_backend={backend}", "--dali_device=cpu", f"--data_dir={small_digits_tfrecords}",
+        "--num_threads=1", "--num_iter=6", "--display_every=1", "--checkpoint_every=1000",
+        "--auto_augment=trivialaugment",
+    ]  # fmt: skip
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    main_py(*args, f"--model_dir={reference}", check=True)
+    main_py(*args, f"--model_dir={stopped}", "--run_iter=2", check=True)
+    resumed = main_py(*args, f"--model_dir={stopped}", check=True)
+    assert "skipping the 2 batch(es) of epoch 1" in resumed.stdout + resumed.stderr
+    losses = step_losses(stopped)
+    assert list(losses) == list(range(1, 7)), list(losses)
+    assert losses == step_losses(reference)
+    assert_same_final_weights(reference, stopped, step=6)

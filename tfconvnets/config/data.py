@@ -18,8 +18,6 @@ DATA_LAYOUTS = ("auto", "tfrecord", *FOLDER_LAYOUTS)
 DTYPES = ("float32", "float16", "bfloat16")
 DALI_DEVICES = ("auto", "cpu", "gpu")
 AUTO_AUGMENT_POLICIES = ("none", "autoaugment", "randaugment", "trivialaugment")
-# Policies the tf.data pipeline has (Keras 3 has RandAugment, not AutoAugment/TrivialAugment).
-TF_AUTO_AUGMENT_POLICIES = ("none", "randaugment")
 RAND_AUGMENT_OPS = 2  # RandAugment's n: ops per image (timm's rand-m9-n2, torchvision's default)
 MAGNITUDE_BINS = 31  # magnitudes 0..30, DALI's default num_magnitude_bins (timm's max 30)
 SIZE_MULTIPLE = 32  # the models' output stride: whole feature maps at every stage
@@ -106,8 +104,8 @@ class DataConfig(Section):
     auto_augment: str = option(
         "none",
         "Automatic augmentation of training images: autoaugment (ImageNet policy), randaugment "
-        "(2 ops at --auto_augment_magnitude) or trivialaugment (TrivialAugment Wide); tf.data "
-        "has randaugment only (Keras 3's layer).",
+        "(2 ops at --auto_augment_magnitude) or trivialaugment (TrivialAugment Wide); DALI's "
+        "policies, on both backends.",
         choices=AUTO_AUGMENT_POLICIES,
     )
     auto_augment_magnitude: int = option(
@@ -149,13 +147,6 @@ class DataConfig(Section):
         )
         if self.image_size_schedule:
             check_size_schedule(self.image_size_schedule)
-        if self.backend == "tf":
-            require(
-                self.auto_augment in TF_AUTO_AUGMENT_POLICIES,
-                "auto_augment",
-                f"{self.auto_augment} is not available with --data_backend=tf (only "
-                f"{', '.join(TF_AUTO_AUGMENT_POLICIES)}); use --data_backend=dali",
-            )
         if self.data_dir:
             require(os.path.isdir(self.data_dir), "data_dir", f"{self.data_dir} is not a directory")
 

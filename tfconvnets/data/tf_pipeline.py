@@ -2,7 +2,8 @@
 
 Train: random resized crop (``sample_distorted_bounding_box`` + ``decode_and_crop_jpeg``, so
 only the crop is decoded) -> resize to S x S -> random horizontal flip -> --auto_augment
-(randaugment: Keras 3's ``RandAugment`` layer, per image, on 0..255 values) -> normalize.
+(tf_augment.py: DALI's AutoAugment/RandAugment/TrivialAugment in TF ops, per image, on 0..255
+values) -> normalize.
 Eval (never augmented): decode -> resize the shorter side to E / --eval_crop_ratio -> center
 crop E (E: --eval_image_size, else S) -> normalize.
 Resizes are bilinear with antialiasing, as DALI's default linear resize is.
@@ -11,8 +12,7 @@ Each rank reads the record range ``[N*i//n, N*(i+1)//n)`` of the split (the DALI
 split), located through the DALI index files. Training shuffles the rank's files and records
 (buffer of records.SHUFFLE_BUFFER) and repeats, so every epoch covers the range once; random
 ops are stateless, seeded per image from the stream's seed, and the map keeps the order, so
-the stream is the same batch for batch in every run (exact resume; Keras's RandAugment layer
-draws from its own stateful generator, so --auto_augment=randaugment is not).
+the stream is the same batch for batch in every run (exact resume, --auto_augment included).
 
 Image folders (tfconvnets/data/sources.py): the rank's range of the sorted file list is read
 with ``tf.io.read_file`` (shuffled as a whole in training) and goes through the same
@@ -25,13 +25,14 @@ they still fail.
 
 from __future__ import annotations
 
-import keras
+from collections.abc import Callable
+
 import tensorflow as tf
 from absl import logging
 
 from tfconvnets import constants
 from tfconvnets.config.data import MAGNITUDE_BINS, RAND_AUGMENT_OPS, DataConfig
-from tfconvnets.data import records, sources
+from tfconvnets.data import records, sources, tf_augment
 from tfconvnets.data.decoding import decode_image
 from tfconvnets.data.pipeline import (
     Pipeline,
@@ -43,21 +44,6 @@ from tfconvnets.data.pipeline import (
 from tfconvnets.errors import UserError
 
 _READ_BUFFER_BYTES = 8 << 20
-
-
-def rand_augment(magnitude: int, seed: int) -> keras.layers.RandAugment:
-    """Keras 3's RandAugment: 2 ops per image, strength magnitude / 30 of each op's range.
-
-    Keras draws each op's strength uniformly up to `factor` of its own range (rotation: of a
-    full turn), where DALI/torchvision use the fixed bin m of 30: the same policy family, not
-    the same numbers (tests/test_augment.py measures how far apart the two are).
-    """
-    return keras.layers.RandAugment(
-        value_range=(0, 255),
-        num_ops=RAND_AUGMENT_OPS,
-        factor=magnitude / (MAGNITUDE_BINS - 1),
-        seed=seed,
-    )
 
 
 def _normalize(image: tf.Tensor, dtype: str) -> tf.Tensor:
@@ -113,18 +99,20 @@ def preprocess_train(
     crop_area_min: float,
     random_flip: bool,
     dtype: str,
-    augment: keras.Layer | None = None,
+    augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Encoded image and its 1-based label -> augmented [S, S, 3] image and 0-based label."""
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    # split(seed, 3)'s first two are split(seed, 2)'s (Philox counts on), so the crops and flips
+    # are those of a run without a policy.
+    crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     image = decode_random_crop(encoded, crop_seed, crop_area_min)
     image = tf.image.resize(image, [image_size, image_size], antialias=True)
     if random_flip:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if augment is not None:
         image = tf.ensure_shape(image, [image_size, image_size, 3])
-        # On 0..255 values, as DALI's policies on uint8; rounded and clipped like them.
-        image = tf.clip_by_value(tf.round(augment(image)), 0.0, 255.0)
+        # On whole 0..255 values, as DALI's policies on the uint8 output of its resize.
+        image = augment(tf.clip_by_value(tf.round(image), 0.0, 255.0), augment_seed)
     return _normalize(image, dtype), label - 1
 
 
@@ -249,8 +237,13 @@ def build(
         # One [2] seed per image for the stateless random ops.
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         augment = None
-        if config.auto_augment == "randaugment":
-            augment = rand_augment(config.auto_augment_magnitude, seed)
+        if config.auto_augment != "none":
+            augment = tf_augment.policy(
+                config.auto_augment,
+                n=RAND_AUGMENT_OPS,
+                magnitude=config.auto_augment_magnitude,
+                bins=MAGNITUDE_BINS,
+            )
         ds = tf.data.Dataset.zip((raw.repeat(), seeds)).map(
             lambda element, s: preprocess_train(
                 *_encoded_and_label(element),
