@@ -18,22 +18,29 @@ import dataclasses
 import os
 import tempfile
 
-from tfconvnets.benchmarking import print_table, quiet_tensorflow, spread, write_json
+from tfconvnets.benchmarking import (
+    add_config_option,
+    add_config_options,
+    benchmark_parser,
+    print_table,
+    quiet_tensorflow,
+    spread,
+    write_json,
+)
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--batch_size", type=int, default=8, help="the micro-batch, both sides")
-    parser.add_argument("--accumulation_steps", type=int, default=4)
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
+    add_config_options(parser, arch="resnet50", image_size=32)
+    add_config_option(parser, "batch_size", 8, note="the micro-batch, both sides")
+    add_config_options(parser, accumulation_steps=4)
     parser.add_argument(
         "--updates", type=int, default=3, help="measured updates per round with accumulation"
     )
     parser.add_argument("--rounds", type=int, default=4, help="measured rounds (each A and B)")
-    parser.add_argument("--xla", action="store_true", help="XLA on (off is the CPU default)")
+    add_config_options(parser, "xla")
     parser.add_argument("--output_json")
-    return parser.parse_args()
+    return parser
 
 
 def build_trainers(args: argparse.Namespace, log_dir: str):
@@ -55,7 +62,7 @@ def build_trainers(args: argparse.Namespace, log_dir: str):
         num_iter=(1 + args.updates) * k,
         iter_unit="batch",
         warmup_steps=k,
-        xla=args.xla or None,
+        xla=args.xla,
         results_dir=log_dir,
         progress_bar=False,
         tensorboard=False,
@@ -75,7 +82,7 @@ def build_trainers(args: argparse.Namespace, log_dir: str):
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     quiet_tensorflow()
     k = args.accumulation_steps
     with tempfile.TemporaryDirectory() as log_dir:

@@ -25,17 +25,21 @@ import subprocess
 import sys
 import tempfile
 
-from tfconvnets.benchmarking import REPO_ROOT, print_table, write_json
+from tfconvnets.benchmarking import (
+    REPO_ROOT,
+    add_config_options,
+    benchmark_parser,
+    print_table,
+    write_json,
+)
 
 BYTES = {"allreduce_fp32": 4, "allreduce_fp16": 2}
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--np", type=int, default=2)
-    parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--image_size", type=int, default=112)
-    parser.add_argument("--batch_size", type=int, default=16)
+    add_config_options(parser, arch="resnet50", image_size=112, batch_size=16)
     parser.add_argument("--allreduce_reps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
@@ -43,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--engines", default="horovod,tensorflow")
     parser.add_argument("--job_rounds", type=int, default=1, help="jobs per engine, alternating")
     parser.add_argument("--output_json")
-    return parser.parse_args()
+    return parser
 
 
 def run_job(args: argparse.Namespace, engine: str) -> dict:
@@ -89,7 +93,7 @@ def merge(raws: list[dict]) -> tuple[dict, dict[str, list[float]]]:
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     engines = args.engines.split(",")
     order = []
     for r in range(args.job_rounds):

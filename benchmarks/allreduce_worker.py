@@ -15,24 +15,21 @@ import argparse
 import json
 import time
 
-from tfconvnets.benchmarking import quiet_tensorflow
+from tfconvnets.benchmarking import add_config_options, benchmark_parser, quiet_tensorflow
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--image_size", type=int, default=112)
-    parser.add_argument("--batch_size", type=int, default=16)
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
+    add_config_options(parser, "distribution", arch="resnet50", image_size=112, batch_size=16)
     parser.add_argument("--allreduce_reps", type=int, default=5, help="per round and kind")
     parser.add_argument("--steps", type=int, default=3, help="training steps per round and kind")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--distribution", choices=("horovod", "tensorflow"), default="horovod")
     parser.add_argument("--result_file", required=True)
-    return parser.parse_args()
+    return parser
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     quiet_tensorflow()
     import numpy as np
     import tensorflow as tf

@@ -37,6 +37,9 @@ import numpy as np
 
 from tfconvnets.benchmarking import (
     REPO_ROOT,
+    add_config_option,
+    add_config_options,
+    benchmark_parser,
     machine_info,
     print_table,
     quiet_tensorflow,
@@ -61,13 +64,12 @@ TORCH_INSTALL_HINT = (
 )
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=16)
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
+    add_config_options(parser, image_size=64, batch_size=16)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads, both sides")
     parser.add_argument("--steps", type=int, default=5, help="measured steps per round")
-    parser.add_argument("--warmup_steps", type=int, default=3, help="once, before the rounds")
+    add_config_option(parser, "warmup_steps", 3, note="once, before the rounds")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--torch_python", default=sys.executable, help="python with torch")
     parser.add_argument(
@@ -80,7 +82,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output_json")
     # The role of a child process (internal).
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
-    return parser.parse_args()
+    return parser
 
 
 # --- children: build once, then one round per request on stdin ------------------------------
@@ -212,7 +214,7 @@ def torch_available(python: str) -> bool:
 
 
 def main() -> int:
-    args = parse_args()
+    args = build_parser().parse_args()
     if args.worker:
         worker_main(args)
         return 0

@@ -24,21 +24,27 @@ import shutil
 import tempfile
 import time
 
-from tfconvnets.benchmarking import print_table, quiet_tensorflow, write_json
+from tfconvnets.benchmarking import (
+    add_config_options,
+    benchmark_parser,
+    print_table,
+    quiet_tensorflow,
+    write_json,
+)
 from tfconvnets.data import layouts, records
 from tfconvnets.data.sample_images import write_sample_jpeg_folder
 from tfconvnets.dataprep import convert_dataset
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--work_dir", help="where the sample JPEGs go (default: a temp dir)")
     parser.add_argument("--num_images", type=int, default=2000, help="train images (val: 1/8)")
-    parser.add_argument("--num_classes", type=int, default=20)
+    add_config_options(parser, num_classes=20)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--num_shards", type=int, default=8, help="train shards (val: 1/4)")
     parser.add_argument("--output_json", help="write the results here")
-    return parser.parse_args()
+    return parser
 
 
 def sequential_baseline(source: str, output_dir: str, num_train: int, num_val: int) -> int:
@@ -73,7 +79,7 @@ def sequential_baseline(source: str, output_dir: str, num_train: int, num_val: i
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     quiet_tensorflow()
     num_val = max(1, args.num_images // 8)
     val_shards = max(1, args.num_shards // 4)

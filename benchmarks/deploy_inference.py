@@ -21,17 +21,28 @@ import time
 
 import numpy as np
 
-from tfconvnets.benchmarking import machine_info, print_table, quiet_tensorflow, write_json
+from tfconvnets.benchmarking import (
+    add_config_option,
+    add_config_options,
+    benchmark_parser,
+    machine_info,
+    print_table,
+    quiet_tensorflow,
+    write_json,
+)
 
 FORMATS = ("savedmodel", "onnx", "onnx-int8")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--export_dir", default=None, help="artifacts written by --export_format")
-    parser.add_argument("--arch", default="resnet50", help="for a fresh export")
-    parser.add_argument("--image_size", type=int, default=64, help="for a fresh export")
-    parser.add_argument("--num_classes", type=int, default=10, help="for a fresh export")
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
+    add_config_option(
+        parser,
+        "export_dir",
+        note="the artifacts measured; without it, a fresh export of --arch at --image_size with "
+        "--num_classes",
+    )
+    add_config_options(parser, arch="resnet50", image_size=64, num_classes=10)
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--input_dtype", default="float32", choices=("float32", "uint8"))
     parser.add_argument("--batch_sizes", default="1,8,32")
@@ -39,7 +50,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--output_json", default=None)
-    return parser.parse_args()
+    return parser
 
 
 def fresh_export(args: argparse.Namespace, directory: str, formats: list[str]) -> str:
@@ -68,8 +79,8 @@ def fresh_export(args: argparse.Namespace, directory: str, formats: list[str]) -
 
 
 def main() -> int:
+    args = build_parser().parse_args()  # a bad option ends before TensorFlow loads
     quiet_tensorflow()
-    args = parse_args()
     import tensorflow as tf
 
     from tfconvnets.deploy.benchmark import benchmark_images, summarize

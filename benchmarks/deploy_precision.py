@@ -17,27 +17,33 @@ import tempfile
 
 import numpy as np
 
-from tfconvnets.benchmarking import print_table, quiet_tensorflow, write_json
+from tfconvnets.benchmarking import (
+    add_config_option,
+    add_config_options,
+    benchmark_parser,
+    print_table,
+    quiet_tensorflow,
+    write_json,
+)
 
 FORMATS = ("savedmodel", "onnx", "onnx-fp16", "onnx-int8")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_dir", required=True)
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--num_classes", type=int, default=10)
-    parser.add_argument("--calibration_images", type=int, default=256)
-    parser.add_argument("--export_dir", default=None, help="keep the artifacts here")
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
+    add_config_option(parser, "model_dir", required=True, note="the trained model to export")
+    add_config_option(parser, "data_dir", required=True, note="its validation split is scored")
+    add_config_options(
+        parser, arch="resnet50", image_size=32, num_classes=10, calibration_images=256
+    )
+    add_config_option(parser, "export_dir", note="kept (default: a temporary directory)")
     parser.add_argument("--output_json", default=None)
-    return parser.parse_args()
+    return parser
 
 
 def main() -> int:
+    args = build_parser().parse_args()  # a bad option ends before TensorFlow loads
     quiet_tensorflow()
-    args = parse_args()
     from tfconvnets import checkpoints
     from tfconvnets.config import DataConfig
     from tfconvnets.deploy.artifacts import export_artifacts

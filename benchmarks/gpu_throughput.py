@@ -26,16 +26,18 @@ import time
 
 import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
 from tfconvnets.benchmarking import (
+    add_archs_option,
+    add_config_option,
+    add_config_options,
+    benchmark_parser,
     emit_result,
     print_table,
     quiet_tensorflow,
     run_child,
     write_json,
 )
-from tfconvnets.config import get_config
-from tfconvnets.models import MODEL_SPECS
+from tfconvnets.config import ARCHS, get_config
 
-ARCHS = tuple(MODEL_SPECS)
 POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 GOAL_IPS = 3000  # resnet50, mixed precision, one H100
 JAX_FP16_LOSS_SCALE = 1024.0  # static: the JAX step has no dynamic loss scaling
@@ -52,14 +54,13 @@ def recipe_hyperparameters(arch: str, batch_size: int) -> dict:
     }
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", help=f"default: {','.join(ARCHS)} (--smoke: resnet50)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
+    add_archs_option(parser, default=None, note="default all (--smoke: resnet50)")
     parser.add_argument("--precisions", default="fp32,fp16,bf16")
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--batch_size", type=int, default=256)
+    add_config_options(parser, image_size=224, batch_size=256)
     parser.add_argument("--steps", type=int, default=100, help="measured steps")
-    parser.add_argument("--warmup_steps", type=int, default=20, help="after the compiling step")
+    add_config_option(parser, "warmup_steps", 20, note="after the compiling step")
     parser.add_argument("--backend", choices=("auto", "tensorflow", "jax"), default="auto")
     parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--torch_compile", action=argparse.BooleanOptionalAction, default=True)
@@ -67,11 +68,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--child_timeout", type=float, default=1800)
     parser.add_argument("--output_json")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON: one configuration to run
-    args = parser.parse_args()
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     if args.smoke:
         args.image_size, args.batch_size, args.steps, args.warmup_steps = 64, 8, 2, 1
-        args.archs = args.archs or "resnet50"
-    args.archs = args.archs or ",".join(ARCHS)
+        args.archs = args.archs or ("resnet50",)
+    args.archs = args.archs or ARCHS
     return args
 
 
@@ -308,7 +313,7 @@ def main() -> None:
         "warmup_steps": args.warmup_steps,
     }
     rows = []
-    configs = [(a, p) for a in args.archs.split(",") for p in args.precisions.split(",")]
+    configs = [(a, p) for a in args.archs for p in args.precisions.split(",")]
     for arch, precision in configs:
         spec = {**base, "kind": backend, "arch": arch, "precision": precision}
         rows.append(_run(spec, {"KERAS_BACKEND": backend}, args.child_timeout, arch))

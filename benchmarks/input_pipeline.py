@@ -14,31 +14,33 @@ import argparse
 import os
 import tempfile
 
-from tfconvnets.benchmarking import print_table, write_json
+from tfconvnets.benchmarking import (
+    add_config_options,
+    benchmark_parser,
+    print_table,
+    write_json,
+)
 from tfconvnets.config import DataConfig
 from tfconvnets.data.benchmark import run_data_benchmark
 from tfconvnets.data.sample_images import write_sample_jpeg_folder
 from tfconvnets.dataprep import convert_dataset
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--work_dir", help="where the sample data go (default: a temp dir)")
     parser.add_argument("--num_train", type=int, default=512)
     parser.add_argument("--num_val", type=int, default=512)
-    parser.add_argument("--num_classes", type=int, default=16)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--num_threads", type=int, default=2)
-    parser.add_argument("--batch_size", type=int, default=32)
+    add_config_options(parser, num_classes=16, image_size=224, num_threads=2, batch_size=32)
     parser.add_argument("--num_batches", type=int, default=100, help="measured batches per split")
     parser.add_argument("--warmup_batches", type=int, default=3)
     parser.add_argument("--backends", default="dali,tf")
     parser.add_argument("--output_json", help="write the results here")
-    return parser.parse_args()
+    return parser
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     with tempfile.TemporaryDirectory() as temp:
         work = args.work_dir or temp
         jpegs = os.path.join(work, "jpeg")

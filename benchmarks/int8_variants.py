@@ -22,7 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tfconvnets.benchmarking import print_table, quiet_tensorflow, write_json
+from tfconvnets.benchmarking import (
+    add_config_options,
+    benchmark_parser,
+    print_table,
+    quiet_tensorflow,
+    write_json,
+)
 
 VARIANTS = {
     "qdq_s8_pc": dict(quant_format="qdq", weight_type="int8", per_channel=True),
@@ -37,17 +43,15 @@ VARIANTS = {
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--onnx", default=None, help="an fp32 model.onnx (else a fresh export)")
-    parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=8)
+    add_config_options(parser, arch="resnet50", image_size=64, batch_size=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--output_json", default=None)
-    return parser.parse_args()
+    return parser
 
 
 def cpu_flags() -> dict[str, bool]:
@@ -75,8 +79,8 @@ def executed_ops(path: str, threads: int) -> tuple[object, collections.Counter]:
 
 
 def main() -> int:
+    args = build_parser().parse_args()  # a bad option ends before TensorFlow loads
     quiet_tensorflow()
-    args = parse_args()
     from tfconvnets.deploy.precision import Int8Options, quantize_int8
 
     print("CPU ISA:", ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu_flags().items()))

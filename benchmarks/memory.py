@@ -23,28 +23,29 @@ import time
 from tfconvnets.benchmarking import (
     REPO_ROOT,
     RESULT_PREFIX,
+    add_archs_option,
+    add_config_options,
+    benchmark_parser,
     emit_result,
     print_table,
     quiet_tensorflow,
     write_json,
 )
-from tfconvnets.models import MODEL_SPECS
 
 GIB = 1024**3
-ARCHS = tuple(MODEL_SPECS)
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", default=",".join(ARCHS))
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
+    add_archs_option(parser)
     parser.add_argument("--batch_sizes", default="8,16,32", help="ascending; later ones if safe")
-    parser.add_argument("--image_size", type=int, default=224)
+    add_config_options(parser, image_size=224)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--rss_limit_gib", type=float, default=12.0)
     parser.add_argument("--budget_gib", type=float, default=16.0, help="for the largest batch")
     parser.add_argument("--output_json")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON: one (arch, batch) to run
-    return parser.parse_args()
+    return parser
 
 
 def _proc_kib(path: str, field: str) -> int:
@@ -127,14 +128,14 @@ def run_watched(spec: dict, limit_bytes: float) -> dict:
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     if args.child:
         child(json.loads(args.child))
         return
     limit = args.rss_limit_gib * GIB
     batches = sorted(int(b) for b in args.batch_sizes.split(","))
     rows, summary = [], []
-    for arch in args.archs.split(","):
+    for arch in args.archs:
         measured: list[tuple[int, float]] = []
         for batch in batches:
             predicted = _extrapolate(measured, batch)

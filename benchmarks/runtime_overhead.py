@@ -23,21 +23,26 @@ import statistics
 import tempfile
 import time
 
-from tfconvnets.benchmarking import print_table, quiet_tensorflow, spread, write_json
+from tfconvnets.benchmarking import (
+    add_config_option,
+    add_config_options,
+    benchmark_parser,
+    print_table,
+    quiet_tensorflow,
+    spread,
+    write_json,
+)
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=32)
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
+    add_config_options(parser, arch="resnet50", image_size=64, batch_size=32)
     parser.add_argument("--steps", type=int, default=5, help="measured steps per round")
-    parser.add_argument("--warmup_steps", type=int, default=1, help="unmeasured steps per round")
+    add_config_option(parser, "warmup_steps", 1, note="per round")
     parser.add_argument("--rounds", type=int, default=10, help="measured rounds (each A and B)")
-    parser.add_argument("--xla", action="store_true", help="XLA on (off is the CPU default)")
-    parser.add_argument("--progress_bar", action=argparse.BooleanOptionalAction, default=True)
+    add_config_options(parser, "xla", "progress_bar")
     parser.add_argument("--output_json")
-    return parser.parse_args()
+    return parser
 
 
 def install_cpu_clock(cpu_seconds: list[float]) -> None:
@@ -74,7 +79,7 @@ def build_product(args: argparse.Namespace, log_dir: str):
         num_iter=args.warmup_steps + args.steps,
         iter_unit="batch",
         warmup_steps=args.warmup_steps,
-        xla=args.xla or None,
+        xla=args.xla,
         results_dir=log_dir,
         progress_bar=args.progress_bar,
     )
@@ -166,7 +171,7 @@ def loop_costs(trainer, train_data, reporter, repeats: int = 50) -> dict[str, fl
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     quiet_tensorflow()
     product_cpu: list[float] = []
     install_cpu_clock(product_cpu)

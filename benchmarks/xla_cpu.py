@@ -19,6 +19,10 @@ import statistics
 import time
 
 from tfconvnets.benchmarking import (
+    add_archs_option,
+    add_config_option,
+    add_config_options,
+    benchmark_parser,
     emit_result,
     print_table,
     quiet_tensorflow,
@@ -27,23 +31,21 @@ from tfconvnets.benchmarking import (
 )
 from tfconvnets.models import MODEL_SPECS
 
-ARCHS = tuple(MODEL_SPECS)
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", default=",".join(ARCHS))
+def build_parser() -> argparse.ArgumentParser:
+    parser = benchmark_parser(__doc__)
+    add_archs_option(parser)
     parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=8)
+    add_config_options(parser, image_size=64, batch_size=8)
     parser.add_argument("--steps", type=int, default=6, help="measured steps per round")
-    parser.add_argument("--warmup_steps", type=int, default=2, help="after the first step")
+    add_config_option(parser, "warmup_steps", 2, note="after the first step")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child_timeout", type=float, default=1200)
     parser.add_argument("--output_json")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON: one (arch, dtype) to run
-    return parser.parse_args()
+    return parser
 
 
 def child(spec: dict) -> None:
@@ -106,12 +108,12 @@ def child(spec: dict) -> None:
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     if args.child:
         child(json.loads(args.child))
         return
     rows = []
-    for arch in args.archs.split(","):
+    for arch in args.archs:
         for dtype in args.dtypes.split(","):
             spec = {
                 "arch": arch,

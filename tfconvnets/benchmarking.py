@@ -98,9 +98,9 @@ def _scalar_type(hint: Any, name: str) -> type:
 
 
 def _shown(value: Any) -> str:
-    return (
-        {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
-    )
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 def arch_list(text: str) -> tuple[str, ...]:
@@ -108,10 +108,8 @@ def arch_list(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     unknown = [name for name in names if name not in ARCHS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"{', '.join(map(repr, unknown)) or 'no name'} is not an arch "
-            f"(comma-separated, of: {', '.join(ARCHS)})"
-        )
+        what = f"not in the model registry: {', '.join(map(repr, unknown))}" if unknown else "empty"
+        raise argparse.ArgumentTypeError(f"{what} (comma-separated names of: {', '.join(ARCHS)})")
     return names
 
 
@@ -119,19 +117,16 @@ def add_archs_option(
     parser: argparse.ArgumentParser, default: Sequence[str] | None = ARCHS, note: str = ""
 ) -> argparse.Action:
     """--archs: comma-separated names of the model registry (a tuple in the namespace)."""
-    shown = (
-        ""
-        if not default
-        else "default all"
-        if tuple(default) == ARCHS
-        else f"default {','.join(default)}"
-    )
+    default = tuple(default) if default else None
+    here = [note] if note else []
+    if default:
+        here.append(f"default {'all' if default == ARCHS else ','.join(default)}")
     return parser.add_argument(
         "--archs",
         type=arch_list,
-        default=tuple(default) if default else None,
-        help=f"Comma-separated architectures, of: {', '.join(ARCHS)}. "
-        f"Here: {'; '.join(filter(None, (note, shown)))}.",
+        default=default,
+        help=f"Comma-separated architectures, of: {', '.join(ARCHS)}."
+        + (f" Here: {'; '.join(here)}." if here else ""),
     )
 
 
