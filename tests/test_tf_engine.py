@@ -518,3 +518,24 @@ def test_a_stuck_worker_is_named_and_ends_the_job_under_this_engine_too(tmp_path
         output,
     )
     assert lost, output[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_killed_worker_is_named_by_the_rank_left_in_one_line(tmp_path):
+    """SIGKILL ends a worker at once, before its heartbeat goes stale: TensorFlow's ring aborts
+    the other's collective within a second (measured). The rank left sees that the process has
+    exited on its host and names it in one line, without a traceback."""
+    proc, lines = start(launch_cmd(endless_synthetic_run(tmp_path))), []
+    wait_for_step(proc, 2, lines)
+    killed = random.choice(worker_pids(proc))
+    os.kill(killed, signal.SIGKILL)
+    output = "".join(lines) + proc.communicate(timeout=240)[0]
+    assert proc.returncode == 128 + signal.SIGKILL, output[-3000:]  # the first failure's status
+    lost = re.search(
+        rf"stopped: a collective after step \d+ lost a rank \(.*\): rank \d \(pid {killed} on "
+        r"\S+\) has exited, last after step \d+; the job cannot go on",
+        output,
+    )
+    assert lost, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]

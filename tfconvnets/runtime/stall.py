@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 from absl import logging
 
 from tfconvnets.runtime.distributed import Distributed
@@ -253,16 +254,16 @@ def _where(beat: dict) -> str:
 
 
 def _has_exited(beat: dict) -> bool:
-    """Whether the heartbeat's process ran on this host and no longer exists."""
+    """Whether the heartbeat's process ran on this host and has exited: it no longer exists, or
+    it is a zombie (a killed worker stays one until its launcher reaps it)."""
     if beat["host"] != socket.gethostname():
         return False
     try:
-        os.kill(beat["pid"], 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
+        return psutil.Process(beat["pid"]).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return True
-    except PermissionError:  # it exists, as another user's
+    except psutil.Error:  # e.g. another user's process: it exists
         return False
-    return False
 
 
 def _exited(beat: dict) -> str:
