@@ -32,6 +32,30 @@ def pytest_collection_modifyitems(config, items):
         else:
             continue
         item.add_marker(pytest.mark.xdist_group(group))
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: `make test`, `make check`
+        items.sort(key=run_order)  # stable: each group's and module's tests keep their order
+
+
+def run_order(item) -> int:
+    """The slowest tests first, so that the two workers end together rather than one running
+    a long test alone at the end. `--dist loadgroup` hands out the groups first, largest
+    first, then one test at a time in this order; `--dist load` (`make check`) follows it too.
+    Grouped tests keep their places relative to each other (a module's fixtures are made once);
+    the others go by their markers: `slow` ones (30-170 s), `heavy` in-process ones (10-30 s),
+    the rest that start processes, then the in-process ones (mostly under a second)."""
+    if item.get_closest_marker("xdist_group"):
+        return 0
+    for rank, marker in enumerate(("slow", "heavy", "subprocess"), start=1):
+        if item.get_closest_marker(marker):
+            return rank
+    return 4
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "heavy: an in-process test of 10 s or more (a 101-layer XLA compile): run first",
+    )
 
 
 @pytest.fixture(autouse=True)
