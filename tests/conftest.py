@@ -19,7 +19,10 @@ def pytest_collection_modifyitems(config, items):
     """`make test` runs two pytest-xdist workers with `--dist loadgroup`: the tests that share
     an expensive fixture are put on one worker, so that it is made once. The demo's users form
     one group; the tests of a module with module-scoped fixtures (an export, a Slurm cluster,
-    converted data sets) stay together; every other test goes where a worker is free."""
+    converted data sets) stay together; every other test goes where a worker is free. A test
+    that asks for a module fixture by `request.getfixturevalue` marks itself with its module's
+    group (`pytest.mark.xdist_group(__name__)`, as tests/test_deploy.py does): this hook sees
+    only the fixtures a test names."""
     for item in items:
         if "demo_run" in item.fixturenames:
             group = "demo_run"

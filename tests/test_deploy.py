@@ -134,7 +134,7 @@ test_images.__test__ = False  # a helper, not a test
 # on both workers (105 s each, measured). The 101-layer exports (about 67 s each) are `slow`,
 # so that `make test` starts them early (tests/conftest.py::run_order).
 ARCH_CASES = [
-    pytest.param(a, marks=pytest.mark.xdist_group("tests.test_deploy"))
+    pytest.param(a, marks=pytest.mark.xdist_group(__name__))  # the group of conftest.py
     if a == "resnet50"
     else pytest.param(a, marks=pytest.mark.slow)
     if "101" in a
