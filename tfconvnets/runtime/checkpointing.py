@@ -20,11 +20,7 @@ from tfconvnets.ema import WeightAverage, moving_statistics
 from tfconvnets.errors import UserError
 from tfconvnets.finetune import load_pretrained
 from tfconvnets.runtime.distributed import Distributed
-from tfconvnets.runtime.preemption import NONFINITE_EXIT_CODE, TrainingStopped
-
-# Left next to the checkpoint by a run that stopped for preemption, removed by the next start.
-# Launchers that lose the workers' exit code 75 (horovodrun exits 1) are told apart by it.
-PREEMPTED_FILE = "PREEMPTED"
+from tfconvnets.runtime.preemption import NONFINITE_EXIT_CODE, PREEMPTED_FILE, TrainingStopped
 
 
 class CheckpointManager:

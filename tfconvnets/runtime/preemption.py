@@ -5,6 +5,9 @@ from __future__ import annotations
 import signal
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again (the same command resumes)
+# Left next to the checkpoint by a run that stopped for preemption, removed by the next start.
+# Launchers that lose the workers' exit code 75 (horovodrun exits 1) are told apart by it.
+PREEMPTED_FILE = "PREEMPTED"
 NONFINITE_EXIT_CODE = 65  # EX_DATAERR
 
 
