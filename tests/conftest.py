@@ -19,7 +19,10 @@ def pytest_collection_modifyitems(config, items):
     """`make test` runs two pytest-xdist workers with `--dist loadgroup`: the tests that share
     an expensive fixture are put on one worker, so that it is made once. The demo's users form
     one group; the tests of a module with module-scoped fixtures (an export, a Slurm cluster,
-    converted data sets) stay together; every other test goes where a worker is free."""
+    converted data sets) stay together; every other test goes where a worker is free. A test
+    that asks for a module fixture by `request.getfixturevalue` marks itself with its module's
+    group (`pytest.mark.xdist_group(__name__)`, as tests/test_deploy.py does): this hook sees
+    only the fixtures a test names."""
     for item in items:
         if "demo_run" in item.fixturenames:
             group = "demo_run"
@@ -32,6 +35,30 @@ def pytest_collection_modifyitems(config, items):
         else:
             continue
         item.add_marker(pytest.mark.xdist_group(group))
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: `make test`, `make check`
+        items.sort(key=run_order)  # stable: each group's and module's tests keep their order
+
+
+def run_order(item) -> int:
+    """The slowest tests first, so that the two workers end together rather than one running
+    a long test alone at the end. `--dist loadgroup` hands out the groups first, largest
+    first, then one test at a time in this order; `--dist load` (`make check`) follows it too.
+    Grouped tests keep their places relative to each other (a module's fixtures are made once);
+    the others go by their markers: `slow` ones (30-170 s), `heavy` in-process ones (10-30 s),
+    the rest that start processes, then the in-process ones (mostly under a second)."""
+    if item.get_closest_marker("xdist_group"):
+        return 0
+    for rank, marker in enumerate(("slow", "heavy", "subprocess"), start=1):
+        if item.get_closest_marker(marker):
+            return rank
+    return 4
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "heavy: an in-process test of 10 s or more (a 101-layer XLA compile): run first",
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,11 @@ from tfconvnets.models import (
 from tfconvnets.models import resnet as resnet_module
 
 ARCHS = ("resnet26", "resnet50", "resnext101-32x4d", "se-resnext101-32x4d")
+# The same, the 101-layer models marked `heavy`: their XLA compiles take 10-25 s each, so
+# `make check` starts them first (tests/conftest.py::run_order) and no worker ends alone.
+ARCHS_HEAVY_FIRST = [
+    pytest.param(arch, marks=pytest.mark.heavy) if "101" in arch else arch for arch in ARCHS
+]
 SMALL_SHAPE = (32, 32, 3)
 
 # torchvision / timm parameter counts with 1000 classes.
@@ -338,7 +343,7 @@ def test_dropout_layer():
 
 
 @pytest.mark.parametrize("dtype_policy", ["mixed_float16", "mixed_bfloat16"], indirect=True)
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS_HEAVY_FIRST)
 def test_float32_logits_under_dtype_policies(dtype_policy, arch):
     # The float32 policy is covered by the training-step test (it checks the logits too).
     model = create_model(arch, 10, input_shape=SMALL_SHAPE, seed=0)
@@ -351,7 +356,7 @@ def test_float32_logits_under_dtype_policies(dtype_policy, arch):
     assert np.isfinite(logits.numpy()).all()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS_HEAVY_FIRST)
 def test_xla_training_step_changes_every_weight(arch):
     assert keras.mixed_precision.dtype_policy().name == "float32"
     model = create_model(arch, 10, input_shape=SMALL_SHAPE, seed=0)

@@ -159,6 +159,7 @@ def test_data_benchmark_mode(digits_tfrecords, tmp_path):
     assert re.search(r"^DLL .* - \(\) ", out.stdout, re.M), out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize("arch", ["resnext101-32x4d", "se-resnext101-32x4d"])
 def test_101_layer_archs_train_on_cpu(arch, tmp_path):
