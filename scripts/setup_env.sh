@@ -12,7 +12,10 @@
 #        installed CUDA 12 toolkit (the Docker image does this).
 # TFCONVNETS_FLAVOUR=cpu|gpu forces one; by default it is gpu when an NVIDIA driver is
 # present (nvidia-smi works or /proc/driver/nvidia exists), cpu otherwise. A GPU flavour
-# builds and imports on a machine without a GPU (`make gpu-stack` does exactly that).
+# builds and imports on a machine without a GPU (`make gpu-stack` does exactly that). The gpu
+# flavour records the oldest NVIDIA driver its CUDA code runs on (read with cuobjdump) in
+# $VENV/tfconvnets-gpu-requirements.json and, on a host with a driver, stops in one line
+# when that driver is older (so does every training process: tfconvnets/gpu_driver.py).
 #
 # TFCONVNETS_HOROVOD=0 builds nothing: no Horovod (no compiler, no CUDA toolkit needed), so
 # training runs with --distribution=tensorflow (TensorFlow's own collectives: NCCL on GPUs,
@@ -30,7 +33,7 @@ VENV="$(realpath -m "${VENV:-$ROOT/.venv}")"
 PYTHON="${PYTHON:-python3}"
 HOROVOD_VERSION=0.28.1
 # Bump when the way Horovod is patched or built changes: it is part of the cache key.
-HOROVOD_RECIPE=6
+HOROVOD_RECIPE=5
 DALI_PLUGIN="nvidia-dali-tf-plugin-cuda120==2.4.0"
 # Reads the cubins and PTX of the GPU flavour's libraries, to record the driver they need
 # (tfconvnets/gpu_driver.py). PyPI's oldest cuobjdump is 13.2; it reads CUDA 12 and 13 code.
