@@ -7,7 +7,9 @@
 #     CUDA runtime stubs (libtensorflow_framework.so.2, which loads the venv's libcudart);
 #   - the CUDA runtime and cuDNN libraries in the venv report versions that match what
 #     TensorFlow was built against (tf.sysconfig.get_build_info());
-#   - the DALI TF plugin imports, Horovod imports with NCCL, `python main.py --helpfull` runs.
+#   - the DALI TF plugin imports, Horovod imports with NCCL, `python main.py --helpfull` runs;
+#   - set-up recorded the NVIDIA driver that the CUDA code of TensorFlow, DALI and Horovod
+#     needs (read with cuobjdump), and this machine's driver, if any, is new enough.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv-gpu}"
@@ -100,4 +102,25 @@ HELP="$(cd "$ROOT" && "$PY" main.py --helpfull 2>&1)" || true
 grep -q -- "--arch: " <<<"$HELP" && grep -q -- "--dali_device: " <<<"$HELP" &&
   ! grep -q Traceback <<<"$HELP" || fail "python main.py --helpfull did not print the flags: ${HELP: -2000}"
 echo "$(grep -c '^  --' <<<"$HELP") flags listed"
+REQ="$VENV/tfconvnets-gpu-requirements.json"
+echo "==> [gpu-stack] the NVIDIA driver the CUDA code needs (${REQ#"$VENV"/}, recorded at set-up)"
+[[ -f "$REQ" ]] || fail "no $REQ: scripts/setup_env.sh (gpu flavour) writes it; rerun it"
+"$PY" - "$REQ" <<'PY'
+import json, sys
+from tfconvnets.gpu_driver import parse_version
+
+recorded = json.load(open(sys.argv[1]))
+components = recorded["components"]
+missing = {"tensorflow", "dali", "horovod"} - set(components)
+if missing:
+    sys.exit(f"!! [gpu-stack] {sys.argv[1]} records nothing for {', '.join(sorted(missing))}")
+print(f"read by cuobjdump ({recorded['cuobjdump']})")
+for name, need in components.items():
+    ptx = f"PTX {','.join(need['ptx'])} ISA {'/'.join(need['ptx_isa'])} (JIT: driver >= {need['ptx_driver']})"
+    print(f"{name}: cubins {','.join(need['sass'])} by CUDA {'/'.join(need['sass_toolkits'])}, "
+          f"{ptx if need['ptx'] else 'no PTX'} -> driver >= {need['min_driver']}")
+oldest = max((need["min_driver"] for need in components.values()), key=parse_version)
+print(f"this environment needs an NVIDIA driver >= {oldest}")
+PY
+"$PY" -m tfconvnets.gpu_driver check || fail "the driver here is too old for this environment (above)"
 echo "==> [gpu-stack] all checks passed for $VENV"

@@ -12,7 +12,10 @@
 #        installed CUDA 12 toolkit (the Docker image does this).
 # TFCONVNETS_FLAVOUR=cpu|gpu forces one; by default it is gpu when an NVIDIA driver is
 # present (nvidia-smi works or /proc/driver/nvidia exists), cpu otherwise. A GPU flavour
-# builds and imports on a machine without a GPU (`make gpu-stack` does exactly that).
+# builds and imports on a machine without a GPU (`make gpu-stack` does exactly that). The gpu
+# flavour records the oldest NVIDIA driver its CUDA code runs on (read with cuobjdump) in
+# $VENV/tfconvnets-gpu-requirements.json and, on a host with a driver, stops in one line
+# when that driver is older (so does every training process: tfconvnets/gpu_driver.py).
 #
 # TFCONVNETS_HOROVOD=0 builds nothing: no Horovod (no compiler, no CUDA toolkit needed), so
 # training runs with --distribution=tensorflow (TensorFlow's own collectives: NCCL on GPUs,
@@ -32,9 +35,12 @@ HOROVOD_VERSION=0.28.1
 # Bump when the way Horovod is patched or built changes: it is part of the cache key.
 HOROVOD_RECIPE=5
 DALI_PLUGIN="nvidia-dali-tf-plugin-cuda120==2.4.0"
+# Reads the cubins and PTX of the GPU flavour's libraries, to record the driver they need
+# (tfconvnets/gpu_driver.py). PyPI's oldest cuobjdump is 13.2; it reads CUDA 12 and 13 code.
+CUOBJDUMP_PKG="nvidia-cuda-cuobjdump==13.2.86"
 CACHE_DIR="${TFCONVNETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tfconvnets}"
 # Compute capabilities of Horovod's own CUDA kernels (SASS for each, PTX for the last).
-# CUDA 13 (the pip compiler) starts at sm_75; TF 2.21's own kernels start at sm_60.
+# CUDA 13 (the pip compiler's front end) starts at sm_75; TF 2.21's own kernels start at sm_60.
 CUDA_CC_LIST="${HOROVOD_BUILD_CUDA_CC_LIST:-75,80,86,89,90,100,120}"
 
 SETUP_START=$(date +%s)
@@ -78,8 +84,18 @@ STAMP_INPUT="$(cat "${REQS[@]}" "$ROOT/requirements-cuda-build.txt" "$ROOT/scrip
 STAMP_HASH="$(printf '%s' "$STAMP_INPUT" | sha256sum | cut -c1-16)"
 STAMP="$VENV/.tfconvnets-setup-$FLAVOUR-$STAMP_HASH"
 
+# GPU flavour on a GPU host: a driver older than what the installed CUDA code needs (recorded
+# below) stops set-up here in one line naming both versions and the fix. Checked on every run,
+# the up-to-date one included: a driver is upgraded without rebuilding the venv.
+check_driver() {
+  if [[ "$FLAVOUR" == gpu ]] && have_nvidia_driver; then
+    "$VENV/bin/python" -m tfconvnets.gpu_driver check || exit 1
+  fi
+}
+
 if [[ -f "$STAMP" ]]; then
   echo "==> [setup] $VENV ($FLAVOUR flavour) is up to date"
+  check_driver
   exit 0
 fi
 
@@ -127,7 +143,7 @@ if [[ "$FLAVOUR" == gpu ]]; then
       die "HOROVOD_CUDA_HOME=$HOROVOD_CUDA_HOME holds CUDA $NVCC_ID: the GPU flavour needs CUDA 12 (TF 2.21's libraries), or unset it"
     NVCC_ID="system$NVCC_ID"
   else
-    NVCC_ID="pip$(sed -n 's/^nvidia-cuda-nvcc==//p' "$ROOT/requirements-cuda-build.txt")"
+    NVCC_ID="pip$(sed -n 's/^nvidia-cuda-nvcc==//p' "$ROOT/requirements-cuda-build.txt")-ptxas$(version_of nvidia-cuda-nvcc-cu12)"
   fi
   KEY+="-nccl$NCCL_VERSION-cudart$CUDART_VERSION-nvcc$NVCC_ID-cc${CUDA_CC_LIST//,/_}"
 else
@@ -199,6 +215,26 @@ PY
       # bin/ is a real directory of links; headers: CUDA 12 runtime + CCCL (what the
       # binaries are linked against) plus the compiler's own crt/ and fatbinary_section.h.
       ln -s "$PIECES"/nvidia/cu13/bin/* "$CUDA_HOME_BUILD/bin/"
+      # The cubins and PTX come from CUDA 12.9's ptxas (the venv's nvidia-cuda-nvcc-cu12,
+      # which TensorFlow's XLA uses), not 13.0's: CUDA 13 cubins (ELF ABI 8) and PTX ISA 9.0
+      # need a CUDA 13 driver (>= 580); CUDA 12.9's run on any CUDA 12 driver (>= 525.60.13,
+      # minor-version compatibility), like TensorFlow's own. nvcc 13's front end writes PTX
+      # ISA 9.0, which this wrapper relabels 8.8 (12.9's) before assembling it: ptxas 12.9
+      # refuses anything 8.8 lacks, so the build fails rather than miscompiles. The relabelled
+      # PTX is also what fatbinary embeds. docs/gpu_stack.md has the cuobjdump listings.
+      PTXAS12="$SITE/nvidia/cuda_nvcc/bin/ptxas"
+      "$PTXAS12" --version | grep -q 'release 12\.9,' ||
+        die "$PTXAS12 is not CUDA 12.9's ptxas (requirements-gpu.txt pins nvidia-cuda-nvcc-cu12)"
+      rm "$CUDA_HOME_BUILD/bin/ptxas"
+      cat >"$CUDA_HOME_BUILD/bin/ptxas" <<WRAPPER
+#!/usr/bin/env bash
+set -euo pipefail
+for arg in "\$@"; do
+  if [[ "\$arg" == *.ptx ]]; then sed -i 's/^\.version 9\.0\$/.version 8.8/' "\$arg"; fi
+done
+exec "$PTXAS12" "\$@"
+WRAPPER
+      chmod +x "$CUDA_HOME_BUILD/bin/ptxas"
       ln -s "$PIECES/nvidia/cu13/nvvm" "$CUDA_HOME_BUILD/nvvm"
       ln -s "$PIECES"/nvidia/cuda_runtime/include/* "$TARGET/include/"
       for h in "$PIECES"/nvidia/cuda_cccl/include/{cub,cuda,nv,thrust} \
@@ -217,6 +253,7 @@ PY
     # pip's NCCL ships only libnccl.so.2; the linker wants the unversioned name.
     [[ -e "$NCCL_DIR/lib/libnccl.so" ]] || ln -s libnccl.so.2 "$NCCL_DIR/lib/libnccl.so"
   fi
+  step "compiling horovod (CMake, MAKEFLAGS=-j$(nproc))"
   mkdir -p "$BUILD_DIR/wheel"
   env "${HOROVOD_OPS[@]}" PATH="$VENV/bin:$PATH" MAKEFLAGS="-j$(nproc)" \
     "${PIP[@]}" wheel -q --no-build-isolation --no-deps "$SRC" -w "$BUILD_DIR/wheel"
@@ -298,7 +335,23 @@ if missing:
 print(f"tensorflow {tf.__version__}, keras {keras.__version__}, horovod {built}, dali tf plugin ok")
 PY
 
+if [[ "$FLAVOUR" == gpu ]]; then
+  step "recording the NVIDIA driver the installed CUDA code needs (cuobjdump -> $VENV/tfconvnets-gpu-requirements.json)"
+  # Read from the libraries themselves, never assumed: the toolkit that built each cubin and
+  # the PTX ISA (tfconvnets/gpu_driver.py maps them to NVIDIA's driver versions).
+  TOOLS="$(mktemp -d)"
+  "${PIP[@]}" install -q --no-deps --target "$TOOLS" "$CUOBJDUMP_PKG"
+  SITE="$(pyval 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  libs() { find "$@" -name '*.so*' -type f | sort | paste -sd, -; }
+  COMPONENTS=("tensorflow=$(libs "$SITE/tensorflow")" "dali=$(libs "$SITE/nvidia/dali")")
+  if [[ "$HOROVOD" == 1 ]]; then COMPONENTS+=("horovod=$(libs "$SITE/horovod")"); fi
+  "$VENV/bin/python" -m tfconvnets.gpu_driver record "$TOOLS/nvidia/cu13/bin/cuobjdump" \
+    "$VENV/tfconvnets-gpu-requirements.json" "${COMPONENTS[@]}"
+  rm -rf "$TOOLS"
+fi
+
 touch "$STAMP"
 end_step
 echo "==> [setup] done in $(($(date +%s) - SETUP_START)) s: $VENV ($FLAVOUR flavour)"
 printf '%s' "$STEP_TIMES"
+check_driver

@@ -14,6 +14,7 @@ from absl import logging
 from tfconvnets.config import RunConfig
 from tfconvnets.console import onednn_setting
 from tfconvnets.errors import UserError
+from tfconvnets.gpu_driver import check_driver
 from tfconvnets.runtime.distributed import Distributed, configure_devices
 from tfconvnets.runtime.reporting import Reporter, tensorboard_dir
 
@@ -31,6 +32,8 @@ def start(config: RunConfig) -> Context:
     """Joins the job, takes this rank's devices, and resolves what depends on them (XLA is on
     with a GPU and off on a CPU unless --xla/--noxla says otherwise)."""
     compute = config.compute
+    if not compute.cpu:  # before any GPU work: a driver too old for the kernels stops here
+        check_driver(horovod=compute.distribution == "horovod")
     dist = Distributed.init(
         compute.distribution,
         stall_check_seconds=compute.stall_check_seconds,
