@@ -1,7 +1,8 @@
 """CPU training speed against a peer: tfconvnets' own train step vs torchvision's resnet50 in
 PyTorch eager (channels_last), same image size, batch, precision (fp32) and threads; and
 tfconvnets with oneDNN (its default on x86) vs TensorFlow's Eigen kernels
-(TF_ENABLE_ONEDNN_OPTS=0), with how far the two differ numerically.
+(TF_ENABLE_ONEDNN_OPTS=0), with how far the two differ numerically; and its fused batch norm
+(the default) vs Keras's own layer (--nofused_batch_norm).
 
 Each side is a long-lived child process that builds its model once and then runs a round of
 steps whenever the parent asks; the parent alternates the order of the two every round, so
@@ -47,12 +48,18 @@ from tfconvnets.benchmarking import (
     write_json,
 )
 
-# side -> (framework, environment of its worker)
+# side -> (framework, environment of its worker, tfconvnets options it changes)
 SIDES = {
-    "tfconvnets": ("tensorflow", {}),
-    "tfconvnets-eigen": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
-    "torchvision": ("torch", {}),
+    "tfconvnets": ("tensorflow", {}, {}),
+    "tfconvnets-eigen": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "0"}, {}),
+    "tfconvnets-keras-bn": ("tensorflow", {}, {"fused_batch_norm": False}),
+    "torchvision": ("torch", {}, {}),
 }
+COMPARED = (
+    ("tfconvnets", "torchvision"),
+    ("tfconvnets", "tfconvnets-eigen"),
+    ("tfconvnets", "tfconvnets-keras-bn"),
+)
 # Environment that caps the vector ISA of the libraries that pick kernels at run time.
 ISA_LIMITS = {
     "native": {},
@@ -103,7 +110,7 @@ def tfconvnets_stepper(args: argparse.Namespace):
     size, batch = args.image_size, args.batch_size
     config = resolve_config(
         mode="training_benchmark", arch="resnet50", image_size=size, batch_size=batch,
-        num_classes=1000, lr_warmup_epochs=0,
+        num_classes=1000, lr_warmup_epochs=0, **SIDES[args.worker][2],
     )  # fmt: skip
     model = build_model(config)
     dist = Distributed(rank=0, size=1, local_rank=0, local_size=1)
@@ -218,7 +225,7 @@ def main() -> int:
     if args.worker:
         worker_main(args)
         return 0
-    names = ["tfconvnets", "tfconvnets-eigen"]
+    names = ["tfconvnets", "tfconvnets-eigen", "tfconvnets-keras-bn"]
     if torch_available(args.torch_python):
         names.append("torchvision")
     else:
@@ -244,7 +251,7 @@ def main() -> int:
         "images_per_second": {row["side"]: row for row in rows},
         "images_per_cpu_second": {n: spread(v) for n, v in per_cpu_second.items()},
     }
-    for a, b in (("tfconvnets", "torchvision"), ("tfconvnets", "tfconvnets-eigen")):
+    for a, b in COMPARED:
         if b in ips:
             ratios = [x / y for x, y in zip(ips[a], ips[b], strict=True)]
             results[f"ratio_{a}_over_{b}"] = spread(ratios)

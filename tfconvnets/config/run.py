@@ -115,6 +115,11 @@ class ComputeConfig(Section):
     xla: bool | None = option(
         None, "XLA-compile the forward/backward pass (default: on with a GPU, off on a CPU)."
     )
+    fused_batch_norm: bool = option(
+        True,
+        "Train batch norm with TensorFlow's fused op (oneDNN's primitive on a CPU) rather than "
+        "Keras's ~33 separate ops; same variables and checkpoints, inference unchanged.",
+    )
     amp: bool = option(False, "Mixed precision (see --amp_dtype).")
     amp_dtype: str = option(
         "float16",

@@ -71,8 +71,10 @@ class _BuildContext:
         zero_init_last_bn_gamma: bool,
         seed: int | None,
         weight_init: str = "fan_in",
+        batch_norm_layer: type[layers.BatchNormalization] = layers.BatchNormalization,
     ) -> None:
         self.data_format = data_format
+        self.batch_norm_layer = batch_norm_layer
         self.weight_init = weight_init
         self.grouped_conv = grouped_conv
         self.zero_init_last_bn_gamma = zero_init_last_bn_gamma
@@ -128,7 +130,7 @@ def _conv(
 def _batch_norm(
     x: keras.KerasTensor, *, name: str, ctx: _BuildContext, zero_gamma: bool = False
 ) -> keras.KerasTensor:
-    return layers.BatchNormalization(
+    return ctx.batch_norm_layer(
         axis=ctx.channel_axis,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
@@ -231,6 +233,7 @@ def build_resnet(
     grouped_conv: str = "native",
     seed: int | None = None,
     weight_init: str = "fan_in",
+    batch_norm_layer: type[layers.BatchNormalization] = layers.BatchNormalization,
 ) -> keras.Model:
     """Builds the bottleneck ResNet described by `spec`; see :func:`create_model`."""
     _check_data_format(data_format)
@@ -255,6 +258,7 @@ def build_resnet(
         zero_init_last_bn_gamma=zero_init_last_bn_gamma,
         seed=seed,
         weight_init=weight_init,
+        batch_norm_layer=batch_norm_layer,
     )
     height, width, channels = input_shape
     model_input_shape = (
@@ -316,6 +320,7 @@ def create_model(
     grouped_conv: str = "native",
     seed: int | None = None,
     weight_init: str = "fan_in",
+    batch_norm_layer: type[layers.BatchNormalization] = layers.BatchNormalization,
 ) -> keras.Model:
     """Builds one of :func:`list_models` as a functional Keras model named `arch`.
 
@@ -332,6 +337,8 @@ def create_model(
         seed: makes the initial weights reproducible; None draws fresh ones.
         weight_init: `"fan_in"` or `"fan_out"`, the `mode` of the conv and dense kernels'
             He initializer (`VarianceScaling(2.0, mode, "truncated_normal")`).
+        batch_norm_layer: the class of every BN layer, `keras.layers.BatchNormalization` or
+            a subclass with the same variables (the TensorFlow runtime's fused one).
 
     Returns:
         A model mapping normalized images to float32 logits `(batch, num_classes)`.
@@ -349,4 +356,5 @@ def create_model(
         grouped_conv=grouped_conv,
         seed=seed,
         weight_init=weight_init,
+        batch_norm_layer=batch_norm_layer,
     )

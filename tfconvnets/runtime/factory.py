@@ -7,6 +7,7 @@ import dataclasses
 
 import keras
 
+from tfconvnets.batch_norm import FusedBatchNormalization
 from tfconvnets.config import RunConfig
 from tfconvnets.ema import WeightAverage
 from tfconvnets.errors import UserError
@@ -79,6 +80,11 @@ def build_model(config: RunConfig) -> keras.Model:
         grouped_conv=config.compute.grouped_conv,
         seed=config.loop.seed,
         weight_init=config.model.weight_init,
+        batch_norm_layer=(
+            FusedBatchNormalization
+            if config.compute.fused_batch_norm
+            else keras.layers.BatchNormalization
+        ),
     )
 
 
