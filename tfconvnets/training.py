@@ -73,6 +73,33 @@ class AtLoopStep(keras.optimizers.schedules.LearningRateSchedule):
         return {"schedule": self.schedule.get_config()}
 
 
+class MomentumSGD(keras.optimizers.SGD):
+    """Keras's SGD with (non-Nesterov) momentum, each variable's update in one TensorFlow op.
+
+    Keras updates a variable with two Mul, a Sub, an Assign and an AssignAdd; TensorFlow's
+    `ResourceApplyKerasMomentum` evaluates the same expression, `m = m * momentum - g * lr;
+    var += m`, in one kernel: bit for bit the same weights, a fifth of the optimizer's ops
+    (the per-op cost dominated the optimizer's share of a CPU step, docs/performance.md).
+    """
+
+    def __init__(self, *args, name: str = "sgd", **kwargs) -> None:
+        # Keras's SGD's own name, which prefixes its variables' paths (in checkpoints' metadata).
+        super().__init__(*args, name=name, **kwargs)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.momentum == 0 or self.nesterov:
+            return super().update_step(gradient, variable, learning_rate)
+        momentum = self.momentums[self._get_variable_index(variable)]
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=variable.handle,
+            accum=momentum.handle,
+            lr=tf.cast(learning_rate, variable.dtype),
+            grad=tf.cast(gradient, variable.dtype),
+            momentum=tf.cast(self.momentum, variable.dtype),
+            use_nesterov=False,
+        )
+
+
 def make_optimizer(
     schedule: keras.optimizers.schedules.LearningRateSchedule,
     *,
@@ -87,9 +114,7 @@ def make_optimizer(
     and the first update sets it to the weight. Skipped fp16 steps do not touch it.
     """
     ema = {"use_ema": True, "ema_momentum": ema_decay} if ema_decay else {}
-    optimizer = keras.optimizers.SGD(
-        learning_rate=schedule, momentum=momentum, nesterov=False, **ema
-    )
+    optimizer = MomentumSGD(learning_rate=schedule, momentum=momentum, nesterov=False, **ema)
     if loss_scaling:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
