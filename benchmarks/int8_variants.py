@@ -31,14 +31,22 @@ from tfconvnets.benchmarking import (
 )
 
 VARIANTS = {
-    "qdq_s8_pc": dict(quant_format="qdq", weight_type="int8", per_channel=True),
+    "qdq_s8_pc": dict(quant_format="qdq", weight_type="int8", per_channel=True, reduce_range=False),
     "qdq_s8_pc_rr": dict(
         quant_format="qdq", weight_type="int8", per_channel=True, reduce_range=True
     ),
-    "qdq_s8_pt": dict(quant_format="qdq", weight_type="int8", per_channel=False),
-    "qdq_u8_pt": dict(quant_format="qdq", weight_type="uint8", per_channel=False),
-    "qop_s8_pc": dict(quant_format="qoperator", weight_type="int8", per_channel=True),
-    "qop_u8_pt": dict(quant_format="qoperator", weight_type="uint8", per_channel=False),
+    "qdq_s8_pt": dict(
+        quant_format="qdq", weight_type="int8", per_channel=False, reduce_range=False
+    ),
+    "qdq_u8_pt": dict(
+        quant_format="qdq", weight_type="uint8", per_channel=False, reduce_range=False
+    ),
+    "qop_s8_pc": dict(
+        quant_format="qoperator", weight_type="int8", per_channel=True, reduce_range=False
+    ),
+    "qop_u8_pt": dict(
+        quant_format="qoperator", weight_type="uint8", per_channel=False, reduce_range=False
+    ),
 }
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 

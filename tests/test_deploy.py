@@ -6,6 +6,7 @@ Exports run in this process; the artifacts are loaded and run in a fresh Python 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -550,4 +551,14 @@ def test_int8_activations_is_a_flag_that_reaches_the_int8_export(monkeypatch, tm
     reporter = Reporter(enabled=True, log_path=None, tensorboard_dir=None, progress=False)
     tfconvnets.runtime.modes._export(Context(config, single, reporter), model=None)
     (kwargs,) = used
-    assert kwargs["int8_options"] == Int8Options(activation_type="int8", symmetric_activations=True)
+    assert kwargs["int8_options"] == Int8Options(
+        activation_type="int8", symmetric_activations=True, reduce_range=True
+    )
+    # --noint8_reduce_range: 8-bit weights, for VNNI CPUs and TensorRT.
+    eight_bit = dataclasses.replace(
+        config, run=dataclasses.replace(config.run, int8_reduce_range=False)
+    )
+    tfconvnets.runtime.modes._export(Context(eight_bit, single, reporter), model=None)
+    assert used[-1]["int8_options"] == Int8Options(
+        activation_type="int8", symmetric_activations=True, reduce_range=False
+    )

@@ -61,6 +61,7 @@ def test_each_update_is_one_op_and_the_slots_keep_keras_names():
     keras_sgd = keras.optimizers.SGD(learning_rate=0.1, momentum=0.9)
     for o in (optimizer, keras_sgd):
         o.build(_variables())
+
     def slots(o):  # a fresh Keras SGD is named sgd_<n> after the first in a process
         return [v.path.split("/", 1)[1] for v in o.variables]
 

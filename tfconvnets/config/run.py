@@ -262,6 +262,12 @@ class RunModeConfig(Section):
         "(symmetric: what TensorRT needs to build an engine from the QDQ model).",
         choices=INT8_ACTIVATIONS,
     )
+    int8_reduce_range: bool = option(
+        True,
+        "onnx-int8: 7-bit weights, so that ONNX Runtime's u8s8 kernels cannot saturate on CPUs "
+        "without VNNI (AVX2 servers); --noint8_reduce_range keeps 8 bits for VNNI CPUs and "
+        "TensorRT.",
+    )
     onnx_provider: str = option(
         "CPUExecutionProvider",
         "ONNX Runtime execution provider for benchmarking ONNX artifacts (never a fallback).",

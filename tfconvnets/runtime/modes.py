@@ -138,7 +138,9 @@ def _export(ctx: Context, model: keras.Model) -> str | None:
     export_artifacts(
         model, config.run.export_dir, formats, image_size=config.data.eval_size,
         xla=config.compute.xla, calibration_images=calibration,
-        int8_options=Int8Options.for_activations(config.run.int8_activations),
+        int8_options=Int8Options.for_activations(
+            config.run.int8_activations, reduce_range=config.run.int8_reduce_range
+        ),
     )  # fmt: skip
     print(f"exported {', '.join(formats)}: {config.run.export_dir}", flush=True)
     if config.optimization.ema_decay and config.run.training:
