@@ -473,13 +473,17 @@ def demo_int8(demo_run, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("activations", ["asymmetric", "symmetric"])
 def test_int8_keeps_the_demo_models_top1_within_a_point_of_fp32(demo_int8, activations):
     """On the 360 held-out digits: INT8 top-1 at most 1 point under fp32 ONNX, and at most
-    1% of the predictions (3 digits) changed by the quantization."""
+    1% of the predictions (3 digits) changed by the quantization; 2% (7 digits) with symmetric
+    activations, which after a ReLU use half their int8 range (one bit less). On a CPU without
+    VNNI, 8-bit weights saturate ONNX Runtime's u8s8 kernels: 12 and 18 changed on an AVX2 EPYC
+    (docs/deployment.md); with the default 7-bit weights, at most 3 and 5."""
     labels, fp32, int8 = demo_int8["labels"], demo_int8["fp32"], demo_int8[activations]
     assert len(labels) == len(fp32) == len(int8) == 360
     top1_fp32, top1_int8 = np.mean(fp32 == labels), np.mean(int8 == labels)
     assert top1_fp32 > 0.5  # a trained model: a real test of the quantization
     flipped = int(np.sum(int8 != fp32))
-    assert top1_int8 >= top1_fp32 - 0.01 and flipped <= 0.01 * len(
+    bound = 0.02 if activations == "symmetric" else 0.01
+    assert top1_int8 >= top1_fp32 - 0.01 and flipped <= bound * len(
         labels
     ), f"fp32 {top1_fp32:.4f}, INT8 {top1_int8:.4f}, {flipped} predictions changed"
 

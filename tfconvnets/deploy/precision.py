@@ -4,7 +4,8 @@ fp16: onnxconverter-common's `convert_float_to_float16`, keeping float32 (and ui
 float32 outputs, so clients send and receive the same tensors as from the fp32 model.
 
 INT8: ONNX Runtime's static quantization (`quantize_static`), QDQ format, weights int8 per
-channel, calibrated on images that went through the project's own eval preprocessing.
+channel in 7 bits (`--int8_reduce_range`, for CPUs without VNNI), calibrated on images that
+went through the project's own eval preprocessing.
 Activations are uint8 with a zero point (`--int8_activations=asymmetric`, the default), or int8
 with zero point 0 (`symmetric`: what TensorRT needs to build an engine from the QDQ model).
 Each activation's range is the 99.99th percentile of its calibration values, not their min and
