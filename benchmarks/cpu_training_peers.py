@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -225,7 +226,10 @@ def main() -> int:
     if args.worker:
         worker_main(args)
         return 0
-    names = ["tfconvnets", "tfconvnets-eigen", "tfconvnets-keras-bn"]
+    if not shutil.which(args.torch_python):
+        print(f"error: --torch_python={args.torch_python}: no such program", file=sys.stderr)
+        return 2
+    names = [name for name, (framework, _, _) in SIDES.items() if framework == "tensorflow"]
     if torch_available(args.torch_python):
         names.append("torchvision")
     else:

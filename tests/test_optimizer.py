@@ -13,7 +13,10 @@ SHAPES = [(3, 3, 4, 8), (8,), (5, 2)]
 
 def _variables() -> list:
     rng = np.random.default_rng(0)
-    return [keras.Variable(rng.normal(size=s).astype("float32"), name=f"v{i}") for i, s in enumerate(SHAPES)]  # fmt: skip
+    return [
+        keras.Variable(rng.normal(size=s).astype("float32"), name=f"v{i}")
+        for i, s in enumerate(SHAPES)
+    ]
 
 
 def _gradients(step: int) -> list:

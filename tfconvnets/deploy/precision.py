@@ -65,11 +65,8 @@ class Int8Options:
             raise UserError(
                 f"--int8_activations={activations}: expected one of {', '.join(INT8_ACTIVATIONS)}"
             )
-        if activations == "symmetric":
-            return cls(
-                activation_type="int8", symmetric_activations=True, reduce_range=reduce_range
-            )
-        return cls(reduce_range=reduce_range)
+        symmetric = {"activation_type": "int8", "symmetric_activations": True}
+        return cls(reduce_range=reduce_range, **(symmetric if activations == "symmetric" else {}))
 
 
 def convert_to_fp16(model_proto):
