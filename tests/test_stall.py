@@ -77,6 +77,29 @@ def test_no_progress_is_reported_once_and_not_while_paused(tmp_path, caplog):
     )
 
 
+def test_a_rank_that_stops_after_an_all_alive_report_is_named_in_a_second_one(tmp_path, caplog):
+    """A rank stopped just before the check looks alive until its heartbeat goes stale (three
+    beats): the first report says every rank is alive, and one more names the rank once its
+    heartbeat is stale, before the collective gives up (seen in CI under TensorFlow's ring)."""
+    watchdog = StallWatchdog(
+        RANK_0_OF_3, str(tmp_path), check_seconds=1, shutdown_seconds=0, startup_seconds=0
+    )
+    with caplog.at_level(py_logging.WARNING):
+        watchdog.start(step=2)
+        try:
+            watchdog.beat(3)
+            write_beat(watchdog.directory, 1, step=3, age=0)  # its last beat: stopped now
+            for _ in range(10):  # 5 s of rank 2 alive at the same step
+                write_beat(watchdog.directory, 2, step=3, age=0)
+                time.sleep(0.5)
+        finally:
+            watchdog.stop()
+    reports = [r for r in caplog.records if "stall:" in r.getMessage()]
+    assert [r.levelno for r in reports] == [py_logging.WARNING, py_logging.ERROR], caplog.text
+    assert "every rank visible" in reports[0].getMessage()
+    assert re.search(r": rank 1 \(pid 101 on node7\) has not run for \d+ s", reports[1].getMessage())
+
+
 def test_without_a_model_dir_it_says_what_it_cannot_see(caplog):
     watchdog = StallWatchdog(
         RANK_0_OF_3, None, check_seconds=1, shutdown_seconds=0, startup_seconds=0

@@ -57,7 +57,11 @@ class StallWatchdog:
         self._started_at = time.time()
         # Armed by the first step this run finishes; until then the first step's tracing and
         # compiling (minutes with XLA) get startup_seconds more, unless a rank is seen stopped.
-        self._armed = self._reported = False
+        self._armed = False
+        # None until this stall is reported; then whether the report named a rank. A report
+        # that saw every rank alive is followed by one naming the rank that stops later
+        # (a rank stopped just now looks alive until its heartbeat goes stale).
+        self._reported: bool | None = None
         self._waiting_on: int | None = None  # the rank whose work every rank waits for
         # Held while the thread decides to end the process, and by the loop to pause it: a
         # pause that has begun is never overtaken by an exit decided before it.
@@ -138,11 +142,13 @@ class StallWatchdog:
         starting = not self._armed and not self._stopped(time.time())
         extra = self.startup_seconds if starting else 0
         if bounded or idle < self.check_seconds + extra:
-            self._reported = False
+            self._reported = None
             return
         if not self._reported:
-            self._reported = True
-            self._report(idle)
+            stalled = self.stalled_ranks(time.time())
+            if self._reported is None or stalled:
+                self._reported = bool(stalled)
+                self._report(idle, stalled)
         if self.shutdown_seconds and idle >= self.shutdown_seconds + extra:
             logging.error(
                 "ending the job: no progress for %.0f s after step %d "
@@ -227,8 +233,7 @@ class StallWatchdog:
             ]
         return found
 
-    def _report(self, idle: float) -> None:
-        stalled = self.stalled_ranks(time.time())
+    def _report(self, idle: float, stalled: list[str]) -> None:
         where = (
             "; ".join(stalled)
             if stalled
