@@ -97,7 +97,9 @@ def test_a_rank_that_stops_after_an_all_alive_report_is_named_in_a_second_one(tm
     reports = [r for r in caplog.records if "stall:" in r.getMessage()]
     assert [r.levelno for r in reports] == [py_logging.WARNING, py_logging.ERROR], caplog.text
     assert "every rank visible" in reports[0].getMessage()
-    assert re.search(r": rank 1 \(pid 101 on node7\) has not run for \d+ s", reports[1].getMessage())
+    assert re.search(
+        r": rank 1 \(pid 101 on node7\) has not run for \d+ s", reports[1].getMessage()
+    )
 
 
 def test_without_a_model_dir_it_says_what_it_cannot_see(caplog):
