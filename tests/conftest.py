@@ -44,21 +44,15 @@ def run_order(item) -> int:
     a long test alone at the end. `--dist loadgroup` hands out the groups first, largest
     first, then one test at a time in this order; `--dist load` (`make check`) follows it too.
     Grouped tests keep their places relative to each other (a module's fixtures are made once);
-    the others go by their markers: `slow` ones (30-170 s), `heavy` in-process ones (10-30 s),
-    the rest that start processes, then the in-process ones (mostly under a second)."""
+    the others go by their markers: `slow` ones (30-170 s), the rest that start processes,
+    then the in-process ones in module order (mostly under a second), which keeps a module's
+    tests near each other and its module fixtures (the full-size models) made about once."""
     if item.get_closest_marker("xdist_group"):
         return 0
-    for rank, marker in enumerate(("slow", "heavy", "subprocess"), start=1):
+    for rank, marker in enumerate(("slow", "subprocess"), start=1):
         if item.get_closest_marker(marker):
             return rank
-    return 4
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "heavy: an in-process test of 10 s or more (a 101-layer XLA compile): run first",
-    )
+    return 3
 
 
 @pytest.fixture(autouse=True)

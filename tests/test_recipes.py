@@ -186,7 +186,7 @@ def test_evaluation_uses_the_ema_weights_with_their_statistics_and_gives_the_tra
         "evaluating at step 3 with the EMA weights (decay 0.9; BN statistics re-estimated for "
         "them)" in caplog.text
     )
-    # --ema_bn_images=1024 is more than the epoch: its 3 batches of 2 images.
+    # --ema_bn_images=8 (small_config's) is more than the epoch: its 3 batches of 2 images.
     assert "re-estimated on 3 batch(es) of 2 training images per rank" in caplog.text
     (weights, statistics) = seen[0]
     assert_all_equal(weights, trainer.ema.averages)

@@ -36,6 +36,8 @@ def small_config(tmp_path, **values):
         batch_size=BATCH, num_iter=2, iter_unit="epoch", lr_warmup_epochs=0, warmup_steps=0,
         display_every=2, checkpoint_every=100, keep_checkpoints=3, model_dir=str(tmp_path / "m"),
         progress_bar=False, tensorboard=False, xla=False,
+        # More than the tiny pipeline's epoch (3 batches of 2); a few of synthetic data's.
+        ema_bn_images=8,
     )  # fmt: skip
     return resolve_config({**defaults, **values})
 

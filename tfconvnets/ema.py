@@ -74,7 +74,7 @@ class WeightAverage:
             keras.Variable(s.numpy(), dtype=s.dtype, trainable=False, name="ema_statistic")
             for s in statistics
         ]
-        forward = tf.function(lambda images: model(images, training=True))
+        forward = tf.function(lambda images: model(images, training=True), autograph=False)
         return cls(
             variables, averages, float(inner.ema_momentum), model, statistics,
             statistic_averages, forward,

@@ -98,22 +98,26 @@ class TrainStep:
         self.skipped_updates = tf.Variable(0, trainable=False, dtype=tf.int64)
         self.first_bad_label_step = tf.Variable(-1, trainable=False, dtype=tf.int64)
         self._schedule_step = schedule_step
-        self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=xla)
+        # autograph=False throughout: the steps branch with tf.cond and tf.where, and
+        # converting their Python costs CPU at every start (about 1 s per process, measured).
+        self._loss_and_grads = tf.function(
+            self._loss_and_grads_fn, jit_compile=xla, autograph=False
+        )
         # On a GPU the per-variable update and finite checks are thousands of small kernels:
         # a second XLA function fuses them. On a CPU the plain path is faster (measured).
         self._apply_update = (
-            tf.function(self._apply_update_fn, jit_compile=True)
+            tf.function(self._apply_update_fn, jit_compile=True, autograph=False)
             if xla_apply
             else self._apply_update_fn
         )
-        self._step = tf.function(self._step_fn)
+        self._step = tf.function(self._step_fn, autograph=False)
         if accumulation_steps > 1:
             self._accumulated = [
                 tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
                 for v in model.trainable_variables
             ]
             self._accumulated_losses = tf.Variable(tf.zeros([2]), trainable=False)
-            self._accumulate = tf.function(self._accumulate_fn)
+            self._accumulate = tf.function(self._accumulate_fn, autograph=False)
 
     def __call__(self, images, labels, step) -> StepLosses:
         """The last (with k == 1 the only) batch of update `step`: the update itself."""
@@ -247,7 +251,7 @@ class EvalStep:
 
     def __init__(self, model: keras.Model, *, xla: bool) -> None:
         self._model = model
-        self._step = tf.function(self._step_fn, jit_compile=xla)
+        self._step = tf.function(self._step_fn, jit_compile=xla, autograph=False)
 
     def __call__(self, images, labels):
         return self._step(images, labels)
