@@ -28,6 +28,11 @@ def write_beat(directory, rank: int, step: int, age: float) -> None:
     (directory / f"rank-{rank:05d}.json").write_text(json.dumps(beat))
 
 
+def stall_reports(caplog) -> list[py_logging.LogRecord]:
+    """The watchdog's reports among the captured log records."""
+    return [r for r in caplog.records if "stall:" in r.getMessage()]
+
+
 def test_a_stopped_rank_and_a_rank_behind_are_named_a_live_one_is_not(tmp_path):
     watchdog = StallWatchdog(
         RANK_0_OF_3, str(tmp_path), check_seconds=10, shutdown_seconds=0, startup_seconds=0
@@ -67,9 +72,9 @@ def test_no_progress_is_reported_once_and_not_while_paused(tmp_path, caplog):
             time.sleep(2.5)
         finally:
             watchdog.stop()
-    reports = [r.getMessage() for r in caplog.records if "stall:" in r.getMessage()]
+    reports = [r.getMessage() for r in stall_reports(caplog)]
     assert len(reports) == 1, reports
-    assert [r.levelno for r in caplog.records if "stall:" in r.getMessage()] == [py_logging.WARNING]
+    assert [r.levelno for r in stall_reports(caplog)] == [py_logging.WARNING]
     assert reports[0].startswith("stall: rank 0 has made no progress for ")
     assert reports[0].endswith(
         f"after step 3 (--stall_check_seconds=1): every rank visible in {watchdog.directory} "
@@ -94,7 +99,7 @@ def test_a_rank_that_stops_after_an_all_alive_report_is_named_in_a_second_one(tm
                 time.sleep(0.5)
         finally:
             watchdog.stop()
-    reports = [r for r in caplog.records if "stall:" in r.getMessage()]
+    reports = stall_reports(caplog)
     assert [r.levelno for r in reports] == [py_logging.WARNING, py_logging.ERROR], caplog.text
     assert "every rank visible" in reports[0].getMessage()
     assert re.search(
@@ -135,7 +140,7 @@ def test_waiting_for_the_chiefs_checkpoint_is_progress_while_the_chief_runs(tmp_
                 time.sleep(2.5)
         finally:
             watchdog.stop()
-    reports = [r for r in caplog.records if "stall:" in r.getMessage()]
+    reports = stall_reports(caplog)
     assert len(reports) == 1 and reports[0].levelno == py_logging.ERROR, caplog.text
     assert re.search(r"rank 0 \(pid 100 on node7\) has not run for \d+ s", reports[0].getMessage())
 
@@ -159,7 +164,7 @@ def test_before_the_first_step_a_rank_seen_stopped_is_named_and_a_compile_is_not
             time.sleep(3)  # rank 1 stopped: its heartbeat goes stale
         finally:
             watchdog.stop()
-    reports = [r for r in caplog.records if "stall:" in r.getMessage()]
+    reports = stall_reports(caplog)
     assert len(reports) == 1 and reports[0].levelno == py_logging.ERROR, caplog.text
     assert re.search(
         r"after step 0 \(--stall_check_seconds=1\): rank 1 \(pid 101 on node7\) has not run "

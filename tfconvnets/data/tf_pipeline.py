@@ -229,6 +229,7 @@ def build(
     )
     size = config.image_size if training else config.eval_size
 
+    @_as_written
     def finish(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return image, records.check_labels(label, config.num_classes, config.data_dir, split)
 
@@ -268,7 +269,7 @@ def build(
         )
         if config.skip_corrupt:
             ds = ds.ignore_errors(log_warning=True)
-        ds = ds.batch(batch_size, drop_remainder=True).map(_as_written(finish))
+        ds = ds.batch(batch_size, drop_remainder=True).map(finish)
         steps = train_steps(plan.num_examples, batch_size, num_shards)
     else:
         ds = raw.map(
@@ -291,7 +292,7 @@ def build(
         padding = tf.data.Dataset.from_tensors(
             (tf.zeros([size, size, 3], config.dtype), tf.constant(-1, tf.int32))
         ).repeat()
-        ds = ds.map(_as_written(finish)).concatenate(padding)
+        ds = ds.map(finish).concatenate(padding)
         ds = ds.batch(batch_size, drop_remainder=True).take(steps)
     options = tf.data.Options()
     # The same thread budget as DALI's num_threads (also keeps ranks on one host apart).
