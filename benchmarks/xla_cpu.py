@@ -2,10 +2,11 @@
 
 Each (arch, dtype) runs in its own process (the dtype policy is global; memory is returned),
 which builds the model for each setting - XLA off (ResNeXt with grouped_conv="split", the CPU
-default), XLA on (native grouped conv) and, for ResNeXt, XLA off with native grouped conv
-(shown as unsupported if TensorFlow's CPU kernels refuse it) - and trains each with the
-product's TrainStep on one synthetic batch, alternating the order of the measured rounds so
-drift cancels. Ratios are to the CPU default (XLA off), per round.
+default with oneDNN off), XLA on (native grouped conv) and, for ResNeXt, XLA off with the
+runtime's direct grouped conv (one TensorFlow convolution: its CPU default with oneDNN on)
+and with Keras's native one (shown as unsupported if TensorFlow's CPU kernels refuse it) -
+and trains each with the product's TrainStep on one synthetic batch, alternating the order of
+the measured rounds so drift cancels. Ratios are to XLA off with split convs, per round.
 
     python benchmarks/xla_cpu.py --image_size=64 --batch_size=8 --output_json=results/xla_cpu.json
 """
@@ -32,6 +33,13 @@ from tfconvnets.benchmarking import (
 from tfconvnets.models import MODEL_SPECS
 
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+# name -> (xla, grouped conv) of a grouped arch; the others run "off" and "on" without one.
+SETTINGS = {
+    "off": ("off", "split"),
+    "off-direct": ("off", "direct"),
+    "off-native": ("off", "native"),
+    "on": ("on", "native"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,20 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=6, help="measured steps per round")
     add_config_option(parser, "warmup_steps", 2, note="after the first step")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--settings", type=setting_list, default=list(SETTINGS),
+        help=f"Comma-separated, of: {', '.join(SETTINGS)} (off: the reference of the ratios).",
+    )  # fmt: skip
     parser.add_argument("--child_timeout", type=float, default=1200)
     parser.add_argument("--output_json")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON: one (arch, dtype) to run
     return parser
 
 
+def setting_list(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = [name for name in names if name not in SETTINGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {unknown}: use {', '.join(SETTINGS)}")
+    return names
+
+
 def child(spec: dict) -> None:
-    """Runs one (arch, dtype): both XLA settings, interleaved, in this process."""
+    """Runs one (arch, dtype): its settings, interleaved, in this process."""
     quiet_tensorflow()
     import keras
     import tensorflow as tf
 
     import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
     from tfconvnets.config import resolve_config
+    from tfconvnets.grouped_conv import DirectGroupedConv2D
     from tfconvnets.models import create_model
     from tfconvnets.runtime.distributed import Distributed, configure_devices
     from tfconvnets.runtime.factory import build_training
@@ -69,15 +90,20 @@ def child(spec: dict) -> None:
     labels = tf.random.uniform([batch], 0, 1000, dtype=tf.int32, seed=0)
     grouped = MODEL_SPECS[spec["arch"]].groups > 1
 
-    # name -> (xla, grouped_conv); native grouped conv without XLA is tried, not assumed broken.
-    plan = {"off": (False, "split" if grouped else "native"), "on": (True, "native")}
-    if grouped:
-        plan["off-native"] = (False, "native")
+    # Native grouped conv without XLA is tried, not assumed broken.
+    names = spec["settings"] if grouped else [n for n in spec["settings"] if n in ("off", "on")]
     variants, results = {}, {}
-    for name, (xla, grouped_conv) in plan.items():
+    for name in names:
+        xla, grouped_conv = SETTINGS[name]
+        xla = xla == "on"
         model = create_model(
-            spec["arch"], 1000, input_shape=(size, size, 3), grouped_conv=grouped_conv, seed=0
-        )
+            spec["arch"], 1000, input_shape=(size, size, 3),
+            grouped_conv="split" if grouped_conv == "split" else "native",
+            grouped_conv_layer=(
+                DirectGroupedConv2D if grouped_conv == "direct" else keras.layers.Conv2D
+            ),
+            seed=0,
+        )  # fmt: skip
         config = resolve_config(
             mode="training_benchmark", arch=spec["arch"], image_size=size, batch_size=batch,
             num_classes=1000, xla=xla,
@@ -123,6 +149,7 @@ def main() -> None:
                 "steps": args.steps,
                 "warmup_steps": args.warmup_steps,
                 "rounds": args.rounds,
+                "settings": args.settings,
             }
             print(f"running {arch} {dtype} ...", flush=True)
             started = time.perf_counter()
@@ -158,13 +185,11 @@ def _rows(arch: str, dtype: str, out: dict) -> list[dict]:
     if "error" in out:
         return [{"arch": arch, "dtype": dtype, "xla": "?", "ips": "error", "note": out["error"]}]
     grouped = MODEL_SPECS[arch].groups > 1
-    labels = {"off": ("off", "split" if grouped else "-"), "off-native": ("off", "native"),
-              "on": ("on", "native" if grouped else "-")}  # fmt: skip
     rows = []
-    for name in ("off", "off-native", "on"):
+    for name in SETTINGS:
         if name not in out:
             continue
-        xla, grouped_conv = labels[name]
+        xla, grouped_conv = SETTINGS[name] if grouped else (SETTINGS[name][0], "-")
         row = {"arch": arch, "dtype": dtype, "xla": xla, "grouped_conv": grouped_conv}
         if "unsupported" in out[name]:
             rows.append({**row, "ips": "unsupported", "note": out[name]["unsupported"]})
@@ -175,7 +200,7 @@ def _rows(arch: str, dtype: str, out: dict) -> list[dict]:
             "ips_rounds": out[name]["ips"],
         }
         if name != "off" and "ips" in out.get("off", {}):
-            # Per-round ratios to XLA off (the CPU default): both measured next to each other.
+            # Per-round ratios to XLA off with split convs: both measured next to each other.
             ratios = [a / b for a, b in zip(out[name]["ips"], out["off"]["ips"], strict=True)]
             row |= {"speedup": statistics.median(ratios), "speedup_rounds": ratios}
         rows.append(row)

@@ -92,10 +92,13 @@ def dtype_policy(request):
         keras.mixed_precision.set_dtype_policy("float32")
 
 
-def _one_block_per_stage(arch: str) -> keras.Model:
-    """`arch`'s blocks, one per stage, at 32x32 with 10 classes (its layer names too)."""
+def one_block_per_stage(arch: str, *, seed: int = 0, grouped_conv: str = "native") -> keras.Model:
+    """`arch`'s blocks, one per stage, at 32x32 with 10 classes (its layer names too): its
+    widths, groups and SE at a fraction of the build, trace and compile time of its depths."""
     spec = dataclasses.replace(MODEL_SPECS[arch], depths=(1, 1, 1, 1))
-    return build_resnet(spec, 10, name=arch, input_shape=SMALL_SHAPE, seed=0)
+    return build_resnet(
+        spec, 10, name=arch, input_shape=SMALL_SHAPE, seed=seed, grouped_conv=grouped_conv
+    )
 
 
 def _images(shape: tuple[int, ...], seed: int = 0) -> tf.Tensor:
@@ -355,7 +358,7 @@ def test_dropout_layer():
 @pytest.mark.parametrize("arch", BLOCK_ARCHS)
 def test_float32_logits_under_dtype_policies(dtype_policy, arch):
     # The float32 policy is covered by the training-step test (it checks the logits too).
-    model = _one_block_per_stage(arch)
+    model = one_block_per_stage(arch)
     compute_dtype = keras.mixed_precision.dtype_policy().compute_dtype
     assert model.get_layer("stage1_block1_conv2").compute_dtype == compute_dtype
     forward = tf.function(lambda x: model(x, training=False), jit_compile=True)
@@ -368,7 +371,7 @@ def test_float32_logits_under_dtype_policies(dtype_policy, arch):
 @pytest.mark.parametrize("arch", BLOCK_ARCHS)
 def test_xla_training_step_changes_every_weight(arch):
     assert keras.mixed_precision.dtype_policy().name == "float32"
-    model = _one_block_per_stage(arch)
+    model = one_block_per_stage(arch)
     optimizer = keras.optimizers.SGD(learning_rate=0.1)
     optimizer.build(model.trainable_variables)
     images, labels = _images((2, *SMALL_SHAPE)), tf.constant([1, 7])

@@ -21,8 +21,8 @@ SMALL = [
 ]  # fmt: skip
 
 
-def main_py(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "main.py", *args], check=check)
+def main_py(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, "main.py", *args], check=check, **env)
 
 
 @pytest.mark.slow
@@ -161,15 +161,21 @@ def test_data_benchmark_mode(digits_tfrecords, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.parametrize("arch", ["resnext101-32x4d", "se-resnext101-32x4d"])
-def test_101_layer_archs_train_on_cpu(arch, tmp_path):
-    """On a CPU without XLA the grouped convolutions take the split path; both must train."""
+@pytest.mark.parametrize(
+    ("arch", "onednn"), [("resnext101-32x4d", "0"), ("se-resnext101-32x4d", "1")]
+)
+def test_101_layer_archs_train_on_cpu(arch, onednn, tmp_path):
+    """On a CPU without XLA the grouped convolutions are one TensorFlow convolution each with
+    oneDNN on (tfconvnets/grouped_conv.py) and 32 plain ones with it off, whose Eigen kernels
+    have no grouped gradients: each path trains one of the two archs."""
     args = [
         f"--arch={arch}", "--image_size=32", "--num_classes=10", "--batch_size=2", "--noprogress_bar",
         "--mode=train", "--data_backend=synthetic", f"--model_dir={tmp_path}", "--num_iter=2",
         "--iter_unit=batch", "--display_every=1", "--warmup_steps=0",
     ]  # fmt: skip
-    out = main_py(*args)
+    out = main_py(*args, TF_ENABLE_ONEDNN_OPTS=onednn)
+    state = {"0": "off", "1": "on"}[onednn]
+    assert f"oneDNN {state}: TF_ENABLE_ONEDNN_OPTS={onednn}," in out.stderr, out.stderr[-2000:]
     found = checkpoints.latest_valid_checkpoint(tmp_path)
     assert found is not None, out.stderr[-2000:]
     assert found[1]["step"] == 2 and found[1]["arch"] == arch

@@ -78,11 +78,25 @@ def test_a_child_inherits_the_default_and_still_knows_it_was_ours():
     assert "tfconvnets' default" in onednn_setting(child).reason
 
 
+def test_a_value_changed_after_ours_is_the_users():
+    """A child started with TF_ENABLE_ONEDNN_OPTS=0 by a process that tfconvnets set up (a
+    test, a launcher's wrapper): the log says the user turned it off, not that it is ours."""
+    parent: dict[str, str] = {}
+    prepare_tensorflow_environment(parent, machine="x86_64")
+    child = parent | {ONEDNN_VARIABLE: "0"}
+    prepare_tensorflow_environment(child, machine="x86_64")
+    setting = onednn_setting(child)
+    assert (setting.enabled, setting.reason) == (False, f"{ONEDNN_VARIABLE}=0, set by the user")
+    assert "tfconvnets' default" in onednn_setting(parent).reason
+
+
 def test_verbosity_shows_the_cpp_log_unless_the_user_chose_a_level():
     ours: dict[str, str] = {}
     prepare_tensorflow_environment(ours, machine="x86_64")
     show_tensorflow_cpp_log(ours)
     assert ours[LOG_LEVEL_VARIABLE] == "0"
+    show_tensorflow_cpp_log(child := dict(ours))  # a child of a --verbosity=1 run: still ours
+    assert child == ours
     users = {LOG_LEVEL_VARIABLE: "2"}
     show_tensorflow_cpp_log(users)
     assert users[LOG_LEVEL_VARIABLE] == "2"

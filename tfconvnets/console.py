@@ -21,7 +21,9 @@ from tfconvnets.errors import UserError
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
-# Names the variables that tfconvnets (not the user) set, so a child can say why.
+# Names the variables that tfconvnets (not the user) set, with their values, so a child can
+# say why: `NAME=value,...`. A variable changed since (by the user, in a child's environment)
+# is no longer tfconvnets'.
 DEFAULTED_VARIABLE = "TFCONVNETS_DEFAULTED_ENV"
 DEFAULT_LOG_LEVEL = "3"
 X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
@@ -40,14 +42,21 @@ class OneDnnSetting:
 
 
 def _defaulted(environ: MutableMapping[str, str]) -> set[str]:
-    return set(filter(None, environ.get(DEFAULTED_VARIABLE, "").split(",")))
+    """The variables that tfconvnets set and that still hold the value it gave them."""
+    items = filter(None, environ.get(DEFAULTED_VARIABLE, "").split(","))
+    pairs = (item.partition("=") for item in items)
+    return {name for name, _, value in pairs if environ.get(name) == value}
+
+
+def _set_ours(environ: MutableMapping[str, str], name: str, value: str) -> None:
+    environ[name] = value
+    names = sorted(_defaulted(environ) | {name})
+    environ[DEFAULTED_VARIABLE] = ",".join(f"{n}={environ[n]}" for n in names)
 
 
 def _set_default(environ: MutableMapping[str, str], name: str, value: str) -> None:
-    if name in environ:
-        return
-    environ[name] = value
-    environ[DEFAULTED_VARIABLE] = ",".join(sorted(_defaulted(environ) | {name}))
+    if name not in environ:
+        _set_ours(environ, name, value)
 
 
 def prepare_tensorflow_environment(
@@ -90,7 +99,7 @@ def onednn_setting(
 def show_tensorflow_cpp_log(environ: MutableMapping[str, str] = os.environ) -> None:
     """All of TensorFlow's C++ log (--verbosity=1 asks for it), unless the user chose a level."""
     if LOG_LEVEL_VARIABLE in _defaulted(environ):
-        environ[LOG_LEVEL_VARIABLE] = "0"
+        _set_ours(environ, LOG_LEVEL_VARIABLE, "0")
 
 
 # absl's C++ log line: severity letter, MMDD, time, thread, file:line]

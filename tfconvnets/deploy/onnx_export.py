@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tfconvnets.deploy.savedmodel import serving_function
 from tfconvnets.errors import UserError
+from tfconvnets.grouped_conv import DirectGroupedConv2D
 from tfconvnets.models import SplitGroupedConv2D
 
 # tf2onnx 1.17 writes opsets up to 18; 17 is read by every ONNX Runtime and TensorRT 8.6+.
@@ -37,28 +38,13 @@ class ExportError(Exception):
     """The converter produced a graph that is not pure ONNX; a bug to report, not bad input."""
 
 
-class _ExportGroupedConv2D(keras.layers.Conv2D):
-    """A grouped Conv2D that calls `tf.nn.convolution` itself, so tf2onnx sees a plain op."""
-
-    def convolution_op(self, inputs, kernel):
-        data_format = "NHWC" if self.data_format == "channels_last" else "NCHW"
-        return tf.nn.convolution(
-            inputs,
-            kernel,
-            strides=self.strides,
-            padding=self.padding.upper(),
-            data_format=data_format,
-            dilations=self.dilation_rate,
-        )
-
-
 def _float32_copy_for_export(model: keras.Model) -> keras.Model:
     """`model` rebuilt in float32 with traceable grouped convs, holding the same weights."""
 
     def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         config = {**layer.get_config(), "dtype": "float32"}
         if isinstance(layer, SplitGroupedConv2D):
-            return _ExportGroupedConv2D(
+            return DirectGroupedConv2D(
                 layer.filters,
                 layer.kernel_size,
                 strides=layer.strides,
@@ -70,7 +56,7 @@ def _float32_copy_for_export(model: keras.Model) -> keras.Model:
                 name=layer.name,
             )
         if isinstance(layer, keras.layers.Conv2D) and layer.groups > 1:
-            return _ExportGroupedConv2D.from_config(config)
+            return DirectGroupedConv2D.from_config(config)
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone_layer)

@@ -18,14 +18,17 @@ Layer names are stable and meaningful (``stem_conv``, ``stage2_block1_conv2``,
 
 Grouped convolutions (``grouped_conv``):
 
-- ``"native"`` (default): ``keras.layers.Conv2D(groups=32)``, one fused op, the fast path
-  on GPUs and under XLA. The runtime uses it whenever a GPU is present or XLA is on.
+- ``"native"`` (default): ``grouped_conv_layer(groups=32)``, one fused op, the fast path on
+  GPUs and under XLA. The runtime uses it whenever a GPU is present or XLA is on, with
+  ``keras.layers.Conv2D``; on a CPU with oneDNN on it uses it with
+  :class:`~tfconvnets.grouped_conv.DirectGroupedConv2D` (one TensorFlow convolution, not the
+  XLA call per layer that Keras makes of a grouped conv on TensorFlow).
 - ``"split"``: :class:`~tfconvnets.models.layers.SplitGroupedConv2D`, 32 plain convolutions
-  concatenated. On a CPU, TF 2.21 runs the fused grouped convolution about 10x slower than
+  concatenated. On a CPU, TF 2.21 runs Keras's grouped convolution about 10x slower than
   this, with or without XLA, and XLA is slower than plain TF there (both measured in
-  docs/performance.md), so the runtime picks this on a CPU-only host with XLA off (its CPU
-  default). It holds the same ``kernel`` variable
-  (same name and shape), so weights are interchangeable with ``"native"``.
+  docs/performance.md), so the runtime picks this on a CPU-only host with XLA and oneDNN off.
+  It holds the same ``kernel`` variable (same name and shape), so weights are interchangeable
+  with ``"native"``.
 
 Data formats: ``"channels_last"`` (NHWC) is the default and the fast one. With
 ``"channels_first"`` the model takes NCHW input, ``(batch, C, H, W)``; ``input_shape`` is
@@ -72,9 +75,11 @@ class _BuildContext:
         seed: int | None,
         weight_init: str = "fan_in",
         batch_norm_layer: type[layers.BatchNormalization] = layers.BatchNormalization,
+        grouped_conv_layer: type[layers.Conv2D] = layers.Conv2D,
     ) -> None:
         self.data_format = data_format
         self.batch_norm_layer = batch_norm_layer
+        self.grouped_conv_layer = grouped_conv_layer
         self.weight_init = weight_init
         self.grouped_conv = grouped_conv
         self.zero_init_last_bn_gamma = zero_init_last_bn_gamma
@@ -114,7 +119,8 @@ def _conv(
             kernel_initializer=ctx.kernel_initializer(),
             name=name,
         )(x)
-    return layers.Conv2D(
+    conv_layer = ctx.grouped_conv_layer if groups > 1 else layers.Conv2D
+    return conv_layer(
         filters,
         kernel_size,
         strides=strides,
@@ -234,6 +240,7 @@ def build_resnet(
     seed: int | None = None,
     weight_init: str = "fan_in",
     batch_norm_layer: type[layers.BatchNormalization] = layers.BatchNormalization,
+    grouped_conv_layer: type[layers.Conv2D] = layers.Conv2D,
 ) -> keras.Model:
     """Builds the bottleneck ResNet described by `spec`; see :func:`create_model`."""
     _check_data_format(data_format)
@@ -259,6 +266,7 @@ def build_resnet(
         seed=seed,
         weight_init=weight_init,
         batch_norm_layer=batch_norm_layer,
+        grouped_conv_layer=grouped_conv_layer,
     )
     height, width, channels = input_shape
     model_input_shape = (
@@ -321,6 +329,7 @@ def create_model(
     seed: int | None = None,
     weight_init: str = "fan_in",
     batch_norm_layer: type[layers.BatchNormalization] = layers.BatchNormalization,
+    grouped_conv_layer: type[layers.Conv2D] = layers.Conv2D,
 ) -> keras.Model:
     """Builds one of :func:`list_models` as a functional Keras model named `arch`.
 
@@ -339,6 +348,9 @@ def create_model(
             He initializer (`VarianceScaling(2.0, mode, "truncated_normal")`).
         batch_norm_layer: the class of every BN layer, `keras.layers.BatchNormalization` or
             a subclass with the same variables (the TensorFlow runtime's fused one).
+        grouped_conv_layer: the class of the grouped convs of `grouped_conv="native"`,
+            `keras.layers.Conv2D` or a subclass with the same variables (the TensorFlow
+            runtime's `DirectGroupedConv2D` on a CPU with oneDNN).
 
     Returns:
         A model mapping normalized images to float32 logits `(batch, num_classes)`.
@@ -357,4 +369,5 @@ def create_model(
         seed=seed,
         weight_init=weight_init,
         batch_norm_layer=batch_norm_layer,
+        grouped_conv_layer=grouped_conv_layer,
     )

@@ -11,6 +11,7 @@ from tfconvnets.batch_norm import FusedBatchNormalization
 from tfconvnets.config import RunConfig
 from tfconvnets.ema import WeightAverage
 from tfconvnets.errors import UserError
+from tfconvnets.grouped_conv import DirectGroupedConv2D
 from tfconvnets.models import create_model
 from tfconvnets.runtime.distributed import Distributed
 from tfconvnets.runtime.steps import EvalStep, TrainStep
@@ -77,7 +78,10 @@ def build_model(config: RunConfig) -> keras.Model:
         input_shape=(size, size, 3),
         zero_init_last_bn_gamma=config.model.zero_init_last_bn,
         dropout=config.model.dropout,
-        grouped_conv=config.compute.grouped_conv,
+        grouped_conv="split" if config.compute.grouped_conv == "split" else "native",
+        grouped_conv_layer=(
+            DirectGroupedConv2D if config.compute.grouped_conv == "direct" else keras.layers.Conv2D
+        ),
         seed=config.loop.seed,
         weight_init=config.model.weight_init,
         batch_norm_layer=(

@@ -44,7 +44,9 @@ def start(config: RunConfig) -> Context:
     gpu_id = configure_devices(dist, compute.intra_op_threads, cpu=compute.cpu, gpu=compute.gpu)
     dist.connect(gpu=gpu_id is not None)  # after the devices: it may initialize TensorFlow
     xla = gpu_id is not None if config.compute.xla is None else config.compute.xla
-    config = dataclasses.replace(config, compute=config.compute.replace(xla=xla, gpu_id=gpu_id))
+    onednn = onednn_setting().enabled is True
+    compute = config.compute.replace(xla=xla, gpu_id=gpu_id, onednn=onednn)
+    config = dataclasses.replace(config, compute=compute)
     keras.mixed_precision.set_dtype_policy(config.compute.dtype_policy)
     keras.utils.set_random_seed(config.loop.seed)
     training = config.run.training
