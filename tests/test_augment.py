@@ -554,33 +554,3 @@ def test_the_export_after_training_gets_the_ema_weights_at_the_eval_size(tmp_pat
         np.testing.assert_array_equal(w, a.numpy())
     live = [v.numpy() for v in trainer.model.trainable_variables]  # the trained ones, back
     assert any(not np.array_equal(w, v) for w, v in zip(weights, live, strict=True))
-
-
-# --- exact resume with a policy ----------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.subprocess
-@pytest.mark.parametrize("backend", ["tf", "dali"])
-def test_a_run_with_a_policy_resumes_exactly(small_digits_tfrecords, tmp_path, backend):
-    """main.py with --auto_augment=trivialaugment (one process, 20 steps of 4 per epoch),
-    stopped by --run_iter after 2 steps and run again: the resumed run rebuilds epoch 1 and
-    skips 2 batches, and each step's loss and the final weights are those of a run straight
-    through 6 steps, so the policy's draws came again as they were."""
-    from tests.test_faults import SYNTHETIC_TRAIN, assert_same_final_weights, main_py, step_losses
-
-    args = [
-        *(a for a in SYNTHETIC_TRAIN if not a.startswith("--data_backend")),
-        f"--data_backend={backend}", "--dali_device=cpu", f"--data_dir={small_digits_tfrecords}",
-        "--num_threads=1", "--num_iter=6", "--display_every=1", "--checkpoint_every=1000",
-        "--auto_augment=trivialaugment",
-    ]  # fmt: skip
-    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
-    main_py(*args, f"--model_dir={reference}", check=True)
-    main_py(*args, f"--model_dir={stopped}", "--run_iter=2", check=True)
-    resumed = main_py(*args, f"--model_dir={stopped}", check=True)
-    assert "skipping the 2 batch(es) of epoch 1" in resumed.stdout + resumed.stderr
-    losses = step_losses(stopped)
-    assert list(losses) == list(range(1, 7)), list(losses)
-    assert losses == step_losses(reference)
-    assert_same_final_weights(reference, stopped, step=6)

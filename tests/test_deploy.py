@@ -21,6 +21,7 @@ import tfconvnets.deploy.precision
 import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
 import tfconvnets.runtime.modes  # TensorFlow and Keras, imported while collecting (no process then)
 from tests.launch import REPO_ROOT, subprocess_env
+from tests.test_models import one_block_per_stage
 from tfconvnets.config import resolve_config
 from tfconvnets.deploy.precision import Int8Options
 from tfconvnets.errors import UserError
@@ -71,8 +72,9 @@ def run_fresh(export_dir: Path, images: np.ndarray, formats: str, tmp_path: Path
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def varied_model(arch: str, grouped_conv: str = "split"):
-    """A small model whose random weights still give different classes to different images.
+def varied_model(arch: str, *, blocks: str = "all"):
+    """A small model whose random weights still give different classes to different images:
+    `arch` at its depths (`blocks="all"`), or its blocks one per stage (`"one_per_stage"`).
 
     With random init every input of a deep net lands in one class (the pooled features share
     one large common part), and a top-1 comparison would test nothing. So BN gets non-trivial
@@ -83,13 +85,16 @@ def varied_model(arch: str, grouped_conv: str = "split"):
     from tfconvnets.constants import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
     from tfconvnets.models import create_model
 
-    model = create_model(
-        arch,
-        NUM_CLASSES,
-        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
-        grouped_conv=grouped_conv,
-        seed=3,
-    )
+    if blocks == "one_per_stage":
+        model = one_block_per_stage(arch, seed=3, grouped_conv="split")
+    else:
+        model = create_model(
+            arch,
+            NUM_CLASSES,
+            input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+            grouped_conv="split",
+            seed=3,
+        )
     rng = np.random.default_rng(3)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -132,16 +137,15 @@ test_images.__test__ = False  # a helper, not a test
 
 # resnet50's case uses the module's export (request.getfixturevalue, which the grouping in
 # tests/conftest.py cannot see): it joins the module's group, or `make test` builds that export
-# on both workers (105 s each, measured). The 101-layer exports (about 67 s each) are `slow`,
-# so that `make test` starts them early (tests/conftest.py::run_order).
+# on both workers (105 s each, measured).
 ARCH_CASES = [
-    pytest.param(a, marks=pytest.mark.xdist_group(__name__))  # the group of conftest.py
-    if a == "resnet50"
-    else pytest.param(a, marks=pytest.mark.slow)
-    if "101" in a
-    else a
+    pytest.param(a, marks=pytest.mark.xdist_group(__name__)) if a == "resnet50" else a
     for a in list_models()
 ]
+# The converter meets each op once per block: the 101-layer archs are converted at their own
+# widths, groups and SE, one block per stage (their 33 blocks took 70-130 s each to convert
+# and run, and proved nothing more). The others are converted whole.
+BLOCKS_CONVERTED = {a: "one_per_stage" if "101" in a else "all" for a in list_models()}
 
 
 @pytest.mark.subprocess
@@ -155,8 +159,9 @@ def test_onnx_fp32_matches_the_savedmodel(arch, tmp_path, request):
         export_dir = request.getfixturevalue("resnet50_export")
     else:
         export_dir = tmp_path / "export"
+        model = varied_model(arch, blocks=BLOCKS_CONVERTED[arch])
         written = export_artifacts(
-            varied_model(arch), export_dir, ["savedmodel", "onnx"], image_size=IMAGE_SIZE, xla=False
+            model, export_dir, ["savedmodel", "onnx"], image_size=IMAGE_SIZE, xla=False
         )
         assert sorted(written) == ["onnx", "savedmodel"]
 
@@ -166,7 +171,8 @@ def test_onnx_fp32_matches_the_savedmodel(arch, tmp_path, request):
         a.i for n in graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"
     ]
     spec = MODEL_SPECS[arch]
-    expected_grouped = sum(spec.depths) if spec.groups > 1 else 0  # one 3x3 conv per block
+    num_blocks = sum(spec.depths) if BLOCKS_CONVERTED[arch] == "all" else len(spec.depths)
+    expected_grouped = num_blocks if spec.groups > 1 else 0  # one 3x3 conv per block
     assert sum(g == 32 for g in groups) == expected_grouped
     assert {i.name for i in graph.input} == {"images"}
     assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim][:1] == ["batch"]

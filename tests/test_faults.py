@@ -137,14 +137,15 @@ def final_arrays(model_dir: Path) -> tuple[dict, dict]:
 def test_sigterm_to_one_worker_checkpoints_and_resumes_exactly(
     small_digits_tfrecords, tmp_path, backend
 ):
-    """2 ranks on real records (10 steps per epoch), SIGTERM to a random worker at a random
-    step: the resumed run rebuilds its epoch's stream and skips what was trained on, so every
-    step's loss and the final weights equal those of an uninterrupted run."""
+    """2 ranks on real records (10 steps per epoch) with an automatic augmentation policy,
+    SIGTERM to a random worker at a random step: the resumed run rebuilds its epoch's stream
+    and skips what was trained on, and the policy's random draws come again as they were, so
+    every step's loss and the final weights equal those of an uninterrupted run."""
     args = [
         *(a for a in SYNTHETIC_TRAIN if not a.startswith("--data_backend")),
         f"--data_backend={backend}", "--dali_device=cpu",
         f"--data_dir={small_digits_tfrecords}", "--num_threads=1", "--num_iter=16",
-        "--display_every=1", "--checkpoint_every=1000",
+        "--display_every=1", "--checkpoint_every=1000", "--auto_augment=trivialaugment",
     ]  # fmt: skip
     reference = tmp_path / "uninterrupted"
     subprocess.run(
@@ -234,31 +235,6 @@ def test_sigint_or_a_schedulers_sigusr1_exits_75_with_a_checkpoint(signum, tmp_p
     assert json.loads((tmp_path / PREEMPTED_FILE).read_text())["signal"] == signum.name
 
 
-@pytest.mark.slow
-@pytest.mark.subprocess
-def test_a_cancelled_job_script_checkpoints_and_exits_75_through_tfconvnets_launch(tmp_path):
-    """A scheduler signals the job script. `horovodrun` alone would end its workers within
-    Horovod's 5 s grace and exit 1; `tfconvnets-launch` forwards the signal to the workers,
-    which checkpoint, and exits 75 so that a requeue rule can tell preemption from failure."""
-    launch = str(Path(sys.executable).with_name("tfconvnets-launch"))
-    proc = start(
-        [
-            launch, "--", *horovod_cmd(
-                [*SYNTHETIC_TRAIN, "--num_iter=100000", "--display_every=1", f"--model_dir={tmp_path}"]
-            ),
-        ]
-    )  # fmt: skip
-    lines: list[str] = []
-    wait_for_step(proc, 2, lines)
-    proc.send_signal(signal.SIGTERM)
-    output = "".join(lines) + proc.communicate(timeout=300)[0]
-    assert "SIGTERM forwarded to 2 training process(es) as SIGUSR1" in output
-    assert proc.returncode == 75, output[-3000:]
-    marker = json.loads((tmp_path / PREEMPTED_FILE).read_text())
-    assert marker["signal"] == "SIGUSR1"
-    assert checkpoints.list_checkpoints(tmp_path)[0].name == f"ckpt-{marker['step']:09d}"
-
-
 # The two launchers of a 2-rank job on this host, as the tests and the sbatch scripts run them.
 LAUNCHERS = {
     "horovodrun": [str(HOROVODRUN), "-np", "2", "-H", "localhost:2", "--gloo"],
@@ -273,10 +249,12 @@ SLOW_WRITE_SECONDS = "30"
 @pytest.mark.subprocess
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_no_rank_leaves_before_the_chiefs_slow_preemption_checkpoint_is_written(launcher, tmp_path):
-    """The job is signalled (SIGTERM to tfconvnets-launch, which sends SIGUSR1 to both ranks)
-    while the chief's checkpoint write is slow. Each rank says "checkpoint saved" only once the
-    checkpoint exists, and leaves only then: before, rank 1 said so and left at once, and Open
-    MPI's launcher, which ends the job when a rank exits non-zero, killed the chief mid-write."""
+    """A scheduler cancels the job script: SIGTERM to tfconvnets-launch, which forwards it to
+    both ranks as SIGUSR1 (`horovodrun` alone would end its workers within Horovod's 5 s grace
+    and exit 1), while the chief's checkpoint write is slow. Each rank says "checkpoint saved"
+    only once the checkpoint exists, and leaves only then: before, rank 1 said so and left at
+    once, and Open MPI's launcher, which ends the job when a rank exits non-zero, killed the
+    chief mid-write. The job exits 75, so a requeue rule can tell preemption from failure."""
     launch = str(Path(sys.executable).with_name("tfconvnets-launch"))
     worker = [
         sys.executable, "tests/workers/slow_checkpoint/main.py", *SYNTHETIC_TRAIN,
@@ -302,11 +280,13 @@ def test_no_rank_leaves_before_the_chiefs_slow_preemption_checkpoint_is_written(
     output = "".join(lines)
     returncode = proc.wait(timeout=300)
     assert "slow checkpoint: the write starts in" in output
+    assert "SIGTERM forwarded to 2 training process(es) as SIGUSR1" in output
     step = int(re.search(r"preempted by a signal at step (\d+)", output).group(1))
     written = [p.name for p in checkpoints.list_checkpoints(tmp_path)]
     assert written == [f"ckpt-{step:09d}"], output[-3000:]
     assert returncode == 75, output[-3000:]
-    assert json.loads((tmp_path / PREEMPTED_FILE).read_text())["step"] == step
+    marker = json.loads((tmp_path / PREEMPTED_FILE).read_text())
+    assert (marker["step"], marker["signal"]) == (step, "SIGUSR1")
     # Both ranks named the checkpoint, and it existed when they said so.
     assert claims == [(step, str(tmp_path / f"ckpt-{step:09d}"), True)] * 2, output[-3000:]
     assert not list(tmp_path.glob(".tmp-*"))
