@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
+import tfconvnets.runtime.factory
 from tests.test_models import one_block_per_stage
 from tfconvnets.config import resolve_config
 from tfconvnets.console import onednn_setting
@@ -96,9 +97,15 @@ LAYERS = {"direct": DirectGroupedConv2D, "split": SplitGroupedConv2D, "native": 
         ({"onednn": True, "gpu_id": 0}, "native"),
     ],
 )
-def test_the_runtime_picks_the_direct_layer_on_a_cpu_with_oneDNN(changes, expected):
+def test_the_runtime_picks_the_direct_layer_on_a_cpu_with_oneDNN(changes, expected, monkeypatch):
     config = resolve_config({"arch": ARCH, "image_size": 32, "mode": "training_benchmark"})
     config = dataclasses.replace(config, compute=config.compute.replace(**changes))
     assert config.compute.grouped_conv == expected
+
+    def blocks_only(arch: str, num_classes: int, **kwargs):  # the runtime's choice, 4 blocks
+        spec = dataclasses.replace(MODEL_SPECS[arch], depths=(1, 1, 1, 1))
+        return build_resnet(spec, num_classes, name=arch, **kwargs)
+
+    monkeypatch.setattr(tfconvnets.runtime.factory, "create_model", blocks_only)
     layer = build_model(config).get_layer("stage1_block1_conv2")
     assert type(layer) is LAYERS[expected]
