@@ -364,21 +364,6 @@ def test_a_signal_to_the_launcher_reaches_every_worker_and_exits_75(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_a_killed_worker_ends_the_job_instead_of_hanging(tmp_path):
-    """SIGKILL to one worker: the other would wait in a collective; the launcher ends it after
-    its grace period and exits with the killed worker's status (128 + 9)."""
-    args = endless_synthetic_run(tmp_path)
-    proc, lines = start(launch_cmd(args)), []
-    wait_for_step(proc, 2, lines)
-    os.kill(random.choice(worker_pids(proc)), signal.SIGKILL)
-    output = "".join(lines) + proc.communicate(timeout=300)[0]
-    # The killed worker's status; the other one's collective fails (gRPC: socket closed) or
-    # the launcher ends it after FAILURE_GRACE_SECONDS.
-    assert proc.returncode == 137, output[-3000:]
-
-
-@pytest.mark.slow
-@pytest.mark.subprocess
 def test_accumulation_and_evaluation_summed_over_ranks_match_horovod(
     small_digits_tfrecords, tmp_path
 ):
@@ -519,7 +504,8 @@ def test_a_stuck_worker_is_named_and_ends_the_job_under_this_engine_too(tmp_path
 def test_a_killed_worker_is_named_by_the_rank_left_in_one_line(tmp_path):
     """SIGKILL ends a worker at once, before its heartbeat goes stale: TensorFlow's ring aborts
     the other's collective within a second (measured). The rank left sees that the process has
-    exited on its host and names it in one line, without a traceback."""
+    exited on its host and names it in one line, without a traceback, and the job ends (rather
+    than hang in a collective) with the killed worker's status."""
     proc, lines = start(launch_cmd(endless_synthetic_run(tmp_path))), []
     wait_for_step(proc, 2, lines)
     killed = random.choice(worker_pids(proc))
