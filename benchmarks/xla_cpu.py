@@ -76,7 +76,7 @@ def child(spec: dict) -> None:
 
     import tfconvnets.model_configs  # noqa: F401 (registers the recipes)
     from tfconvnets.config import resolve_config
-    from tfconvnets.grouped_conv import DirectGroupedConv2D
+    from tfconvnets.grouped_conv import builder_options
     from tfconvnets.models import create_model
     from tfconvnets.runtime.distributed import Distributed, configure_devices
     from tfconvnets.runtime.factory import build_training
@@ -97,12 +97,8 @@ def child(spec: dict) -> None:
         xla, grouped_conv = SETTINGS[name]
         xla = xla == "on"
         model = create_model(
-            spec["arch"], 1000, input_shape=(size, size, 3),
-            grouped_conv="split" if grouped_conv == "split" else "native",
-            grouped_conv_layer=(
-                DirectGroupedConv2D if grouped_conv == "direct" else keras.layers.Conv2D
-            ),
-            seed=0,
+            spec["arch"], 1000, input_shape=(size, size, 3), seed=0,
+            **builder_options(grouped_conv),
         )  # fmt: skip
         config = resolve_config(
             mode="training_benchmark", arch=spec["arch"], image_size=size, batch_size=batch,

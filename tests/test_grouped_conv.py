@@ -23,11 +23,7 @@ ARCH = "se-resnext101-32x4d"  # grouped convs and SE
 
 
 def direct_model(seed: int):
-    spec = dataclasses.replace(MODEL_SPECS[ARCH], depths=(1, 1, 1, 1))
-    return build_resnet(
-        spec, 10, name=ARCH, input_shape=(32, 32, 3), seed=seed,
-        grouped_conv_layer=DirectGroupedConv2D,
-    )  # fmt: skip
+    return one_block_per_stage(ARCH, seed=seed, grouped_conv_layer=DirectGroupedConv2D)
 
 
 def training_outputs(model, images, labels) -> list[np.ndarray]:

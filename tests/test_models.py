@@ -92,13 +92,11 @@ def dtype_policy(request):
         keras.mixed_precision.set_dtype_policy("float32")
 
 
-def one_block_per_stage(arch: str, *, seed: int = 0, grouped_conv: str = "native") -> keras.Model:
+def one_block_per_stage(arch: str, *, seed: int = 0, **build_options) -> keras.Model:
     """`arch`'s blocks, one per stage, at 32x32 with 10 classes (its layer names too): its
     widths, groups and SE at a fraction of the build, trace and compile time of its depths."""
     spec = dataclasses.replace(MODEL_SPECS[arch], depths=(1, 1, 1, 1))
-    return build_resnet(
-        spec, 10, name=arch, input_shape=SMALL_SHAPE, seed=seed, grouped_conv=grouped_conv
-    )
+    return build_resnet(spec, 10, name=arch, input_shape=SMALL_SHAPE, seed=seed, **build_options)
 
 
 def _images(shape: tuple[int, ...], seed: int = 0) -> tf.Tensor:

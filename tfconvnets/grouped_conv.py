@@ -32,3 +32,14 @@ class DirectGroupedConv2D(keras.layers.Conv2D):
             data_format="NHWC" if self.data_format == "channels_last" else "NCHW",
             dilations=self.dilation_rate,
         )
+
+
+def builder_options(grouped_conv: str) -> dict:
+    """The model builder's `grouped_conv` and `grouped_conv_layer` for the runtime's choice:
+    `"native"` (Keras's Conv2D), `"direct"` (this layer) or `"split"` (32 plain convs)."""
+    return {
+        "grouped_conv": "split" if grouped_conv == "split" else "native",
+        "grouped_conv_layer": DirectGroupedConv2D
+        if grouped_conv == "direct"
+        else keras.layers.Conv2D,
+    }

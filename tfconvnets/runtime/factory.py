@@ -11,7 +11,7 @@ from tfconvnets.batch_norm import FusedBatchNormalization
 from tfconvnets.config import RunConfig
 from tfconvnets.ema import WeightAverage
 from tfconvnets.errors import UserError
-from tfconvnets.grouped_conv import DirectGroupedConv2D
+from tfconvnets.grouped_conv import builder_options
 from tfconvnets.models import create_model
 from tfconvnets.runtime.distributed import Distributed
 from tfconvnets.runtime.steps import EvalStep, TrainStep
@@ -78,10 +78,7 @@ def build_model(config: RunConfig) -> keras.Model:
         input_shape=(size, size, 3),
         zero_init_last_bn_gamma=config.model.zero_init_last_bn,
         dropout=config.model.dropout,
-        grouped_conv="split" if config.compute.grouped_conv == "split" else "native",
-        grouped_conv_layer=(
-            DirectGroupedConv2D if config.compute.grouped_conv == "direct" else keras.layers.Conv2D
-        ),
+        **builder_options(config.compute.grouped_conv),
         seed=config.loop.seed,
         weight_init=config.model.weight_init,
         batch_norm_layer=(
