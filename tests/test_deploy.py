@@ -443,7 +443,7 @@ def demo_int8(demo_run, tmp_path_factory) -> dict:
     from tfconvnets.config import DataConfig
     from tfconvnets.deploy import INT8_ACTIVATIONS
     from tfconvnets.deploy.artifacts import export_artifacts
-    from tfconvnets.deploy.precision import calibration_images, eval_images
+    from tfconvnets.deploy.precision import calibration_images, eval_images, quantize_int8
     from tfconvnets.models import create_model
 
     out_dir, root = demo_run["out_dir"], tmp_path_factory.mktemp("demo_int8")
@@ -456,18 +456,23 @@ def demo_int8(demo_run, tmp_path_factory) -> dict:
     )  # fmt: skip
     calibration = calibration_images(data, 256, split="train")
     images, labels = eval_images(data, 1 << 30, split="validation")
-    runs = []
-    for activations in INT8_ACTIVATIONS:
-        export_dir = root / activations
-        export_artifacts(
-            model, export_dir, ["onnx", "onnx-int8"], image_size=IMAGE_SIZE, xla=False,
-            calibration_images=calibration, int8_options=Int8Options.for_activations(activations),
+    first, *others = INT8_ACTIVATIONS
+    fp32_dir = root / first
+    export_artifacts(
+        model, fp32_dir, ["onnx", "onnx-int8"], image_size=IMAGE_SIZE, xla=False,
+        calibration_images=calibration, int8_options=Int8Options.for_activations(first),
+    )  # fmt: skip
+    for activations in others:  # from the same fp32 ONNX: the model is converted once
+        (root / activations).mkdir()
+        quantize_int8(
+            fp32_dir / "model.onnx", root / activations / "model_int8.onnx", calibration,
+            options=Int8Options.for_activations(activations),
         )  # fmt: skip
-        runs.append(f"{activations}:{export_dir}:onnx-int8")
+    runs = [f"{activations}:{root / activations}:onnx-int8" for activations in INT8_ACTIVATIONS]
     np.save(root / "images.npy", images)
     proc = subprocess.run(
         [sys.executable, "-c", CLASSES_SNIPPET, str(root / "images.npy"),
-         f"fp32:{root / 'asymmetric'}:onnx", *runs],
+         f"fp32:{fp32_dir}:onnx", *runs],
         cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -260,13 +260,16 @@ def test_bad_clusters_end_main_py_with_one_line_before_training(tmp_path):
     )
 
 
-# --- training: 2 processes through DALI on real records ------------------------------------
+# --- training: 2 processes on real records --------------------------------------------------
 
 
-def train_args(data_dir: str, model_dir: Path) -> list[str]:
+def train_args(data_dir: str, model_dir: Path, backend: str = "tf") -> list[str]:
     """test_cluster's short run, in which the cross-entropy falls (batch 8 per rank, 5 steps
-    per epoch on 2 ranks)."""
-    return cluster_train_args(data_dir, model_dir, STEPS)
+    per epoch on 2 ranks). Through tf.data by default: this engine's resume test is the 2-rank
+    exact resume of that backend (test_faults' is DALI's, under Horovod); the Slurm runs below
+    read through DALI, as test_cluster's do."""
+    args = cluster_train_args(data_dir, model_dir, STEPS)
+    return [f"--data_backend={backend}" if a.startswith("--data_backend=") else a for a in args]
 
 
 def endless_synthetic_run(model_dir: Path, *extra: str) -> list[str]:
@@ -314,7 +317,8 @@ def test_two_processes_train_identical_weights(tensorflow_run):
 def test_sigterm_to_one_worker_checkpoints_exits_75_and_resumes_exactly(
     tensorflow_run, small_digits_tfrecords, tmp_path
 ):
-    """As the Horovod test in test_faults: SIGTERM to a random worker at a random step; every
+    """As the Horovod test in test_faults (DALI there, tf.data here): SIGTERM to a random
+    worker at a random step; every
     worker checkpoints and exits 75, so does the launcher; the same command resumes, and every
     step's loss and the final weights equal the uninterrupted run's."""
     interrupted = tmp_path / "interrupted"
@@ -427,7 +431,7 @@ def test_the_tensorflow_sbatch_script_trains_under_a_real_slurm_with_srun(
     model_dir, output = tmp_path / "model", tmp_path / "job.out"
     job_id = slurm.sbatch(
         "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={output}",
-        str(SLURM_SCRIPT), *train_args(small_digits_tfrecords, model_dir),
+        str(SLURM_SCRIPT), *train_args(small_digits_tfrecords, model_dir, "dali"),
         DATA_DIR=small_digits_tfrecords, MODEL_DIR=str(model_dir),
     )  # fmt: skip
     job = slurm.wait(job_id)
@@ -456,7 +460,7 @@ def test_scancel_and_the_batch_shells_warning_reach_every_srun_task(
         output.parent.mkdir()
         job_id = slurm.sbatch(
             "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={output}",
-            str(SLURM_SCRIPT), *train_args(small_digits_tfrecords, model_dir),
+            str(SLURM_SCRIPT), *train_args(small_digits_tfrecords, model_dir, "dali"),
             DATA_DIR=small_digits_tfrecords, MODEL_DIR=str(model_dir),
         )  # fmt: skip
         slurm.wait_for_step(job_id, output, 3)

@@ -147,6 +147,26 @@ def test_a_child_started_like_main_py_runs_tensorflow_with_onednn_and_no_start_u
 
 
 @pytest.mark.subprocess
+def test_tensorflow_loads_without_matplotlib_which_stays_importable():
+    """Keras's eager import of pyplot is skipped at start-up (0.4 s of each process's CPU);
+    tfconvnets.plot can still import it afterwards in the same process."""
+    code = (
+        "import sys\n"
+        "from tfconvnets.console import import_tensorflow\n"
+        "import_tensorflow()\n"
+        "import tensorflow\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
+        "import matplotlib.pyplot\n"
+        "print(matplotlib.pyplot.__name__)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["[]", "matplotlib.pyplot"], proc.stdout
+
+
+@pytest.mark.subprocess
 def test_an_unknown_onednn_value_stops_main_py_with_one_line():
     code, output = _main_py(**{ONEDNN_VARIABLE: "maybe"})
     assert code == 2
