@@ -1,10 +1,9 @@
-"""Shared fixtures: a small real TFRecord dataset made by the product's own tools, and one run
+"""Shared fixtures: a small real TFRecord dataset made by the product's own converter, and one run
 of the README's demo whose trained model the runtime tests evaluate, export and predict with."""
 
 from __future__ import annotations
 
 import logging as py_logging
-import sys
 
 import pytest
 
@@ -67,23 +66,6 @@ def absl_logger_level_is_unset():
     absl_logger.setLevel(py_logging.NOTSET)
     yield
     absl_logger.setLevel(py_logging.NOTSET)
-
-
-@pytest.fixture(scope="session")
-def digits_tfrecords(tmp_path_factory) -> str:
-    """The embedded digits as JPEGs, converted by `python -m tfconvnets.dataprep` (2+2 shards)."""
-    from tfconvnets.demo_data import write_digits_folder
-
-    root = tmp_path_factory.mktemp("digits")
-    write_digits_folder(str(root / "jpeg"))
-    out = root / "tfrecords"
-    run(
-        [
-            sys.executable, "-m", "tfconvnets.dataprep", f"--input_dir={root / 'jpeg'}",
-            f"--output_dir={out}", "--num_shards_train=2", "--num_shards_val=2", "--workers=2",
-        ]
-    )  # fmt: skip
-    return str(out)
 
 
 # The small digits set: this many train and validation images of each digit.

@@ -28,7 +28,6 @@ SPAWNING_FIXTURES = frozenset(
     {
         "corrupt_record_dir",
         "demo_run",
-        "digits_tfrecords",
         "finished_run",
         "folder_run",
         "nvidia_data",

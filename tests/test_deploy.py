@@ -269,18 +269,18 @@ def test_onnx_optimizer_passes_do_not_keep_a_copy_of_the_weights_each(monkeypatc
 
 
 @pytest.fixture(scope="module")
-def resnet50_export(tmp_path_factory, digits_tfrecords) -> Path:
-    """resnet50 at 32 px in every format, INT8 calibrated on the digits' validation split."""
+def resnet50_export(tmp_path_factory, small_digits_tfrecords) -> Path:
+    """resnet50 at 32 px in every format, INT8 calibrated on the small digits' validation split."""
     from tfconvnets.config import DataConfig
     from tfconvnets.deploy.artifacts import export_artifacts
     from tfconvnets.deploy.precision import calibration_images
 
     export_dir = tmp_path_factory.mktemp("resnet50") / "export"
     data = DataConfig(
-        backend="tf", data_dir=digits_tfrecords, image_size=IMAGE_SIZE, num_classes=10
+        backend="tf", data_dir=small_digits_tfrecords, image_size=IMAGE_SIZE, num_classes=10
     )
-    calibration = calibration_images(data, 48)
-    assert calibration.shape == (48, IMAGE_SIZE, IMAGE_SIZE, 3)
+    calibration = calibration_images(data, 32)
+    assert calibration.shape == (32, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert calibration.min() >= 0 and calibration.max() <= 255 and calibration.std() > 10
     export_artifacts(
         varied_model("resnet50"),

@@ -745,14 +745,14 @@ def test_the_train_step_records_the_first_batch_with_out_of_range_labels():
 
 
 @pytest.fixture
-def corrupt_record_dir(digits_tfrecords, tmp_path) -> Path:
+def corrupt_record_dir(small_digits_tfrecords, tmp_path) -> Path:
     """A copy of the digits set whose first validation shard holds one undecodable JPEG."""
     import tensorflow as tf
 
     from tfconvnets.data import records
 
     out = tmp_path / "corrupt"
-    shutil.copytree(digits_tfrecords, out)
+    shutil.copytree(small_digits_tfrecords, out)
     shard = sorted(out.glob("validation-*"))[0]
     examples = list(tf.data.TFRecordDataset(str(shard)).as_numpy_iterator())
     broken = tf.train.Example.FromString(examples[3])
@@ -800,9 +800,9 @@ def test_a_corrupt_jpeg_is_named(corrupt_record_dir, trained_model_dir):
     ],
 )
 def test_bad_data_and_configuration_fail_before_training(
-    digits_tfrecords, tmp_path, extra, expected
+    small_digits_tfrecords, tmp_path, extra, expected
 ):
-    args = [*DIGITS, "--mode=train", f"--data_dir={digits_tfrecords}", "--data_backend=tf",
+    args = [*DIGITS, "--mode=train", f"--data_dir={small_digits_tfrecords}", "--data_backend=tf",
             f"--model_dir={tmp_path / 'model'}", "--num_iter=2", "--iter_unit=batch", *extra]  # fmt: skip
     out = main_py(*args)
     assert out.returncode == 2, out.stderr[-3000:]

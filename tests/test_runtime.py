@@ -151,9 +151,9 @@ def test_benchmark_modes_and_model_summary(tmp_path):
     assert 4.0 < gmacs < 4.2
 
 
-def test_data_benchmark_mode(digits_tfrecords, tmp_path):
+def test_data_benchmark_mode(small_digits_tfrecords, tmp_path):
     out = main_py(
-        *SMALL, "--mode=data_benchmark", f"--data_dir={digits_tfrecords}", "--data_backend=tf",
+        *SMALL, "--mode=data_benchmark", f"--data_dir={small_digits_tfrecords}", "--data_backend=tf",
         "--num_iter=5", "--iter_unit=batch", "--warmup_steps=1", f"--results_dir={tmp_path}",
     )  # fmt: skip
     assert re.search(r"^DLL .* - \(\) ", out.stdout, re.M), out.stdout
