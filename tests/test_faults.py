@@ -334,7 +334,7 @@ def test_a_stuck_worker_is_named_and_ends_the_job_in_bounded_time(tmp_path):
         horovod_cmd(
             [
                 *SYNTHETIC_TRAIN, "--num_iter=100000", "--display_every=1",
-                f"--model_dir={tmp_path}", "--stall_check_seconds=5", "--stall_shutdown_seconds=20",
+                f"--model_dir={tmp_path}", "--stall_check_seconds=5", "--stall_shutdown_seconds=10",
             ]
         )
     )  # fmt: skip
@@ -350,7 +350,7 @@ def test_a_stuck_worker_is_named_and_ends_the_job_in_bounded_time(tmp_path):
         output,
     )
     assert named, output[-3000:]
-    assert "ending the job: no progress for" in output and "(--stall_shutdown_seconds=20)" in output
+    assert "ending the job: no progress for" in output and "(--stall_shutdown_seconds=10)" in output
     assert "Horovod detected that one or more processes exited with non-zero status" in output
 
 
@@ -413,7 +413,7 @@ def test_a_rank_stuck_before_its_first_step_ends_an_mpirun_job_in_bounded_time(t
     after --stall_check_seconds and the job ends (70) after --stall_shutdown_seconds."""
     args = [
         *SYNTHETIC_TRAIN, "--num_iter=100000", "--display_every=1", f"--model_dir={tmp_path}",
-        "--stall_check_seconds=5", "--stall_shutdown_seconds=20",
+        "--stall_check_seconds=5", "--stall_shutdown_seconds=10",
     ]  # fmt: skip
     proc = start([*LAUNCHERS["mpirun"], sys.executable, "main.py", *args], **mpirun_root_env())
     lines: list[str] = []
@@ -425,7 +425,7 @@ def test_a_rank_stuck_before_its_first_step_ends_an_mpirun_job_in_bounded_time(t
         output,
     )
     assert named, output[-5000:]
-    assert "ending the job: no progress for" in output and "(--stall_shutdown_seconds=20)" in output
+    assert "ending the job: no progress for" in output and "(--stall_shutdown_seconds=10)" in output
     assert proc.returncode == 70, output[-3000:]
 
 
