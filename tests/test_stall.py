@@ -25,7 +25,11 @@ def write_beat(directory, rank: int, step: int, age: float) -> None:
         "step": step,
         "time": time.time() - age,
     }
-    (directory / f"rank-{rank:05d}.json").write_text(json.dumps(beat))
+    # Atomically, as the watchdog writes its own: a beat read half-written is no beat, and a
+    # check that woke late on loaded cores would then report the rank as silent.
+    path = directory / f"rank-{rank:05d}.json"
+    path.with_suffix(".tmp").write_text(json.dumps(beat))
+    os.replace(path.with_suffix(".tmp"), path)
 
 
 def stall_reports(caplog) -> list[py_logging.LogRecord]:
