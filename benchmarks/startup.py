@@ -10,7 +10,6 @@ Every rank of every run, and horovodrun's own Gloo check, pays this before its f
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ def cpu_seconds(load: str) -> tuple[float, bool]:
     matplotlib was imported."""
     proc = subprocess.run(
         [sys.executable, "-c", CHILD.format(load=load)],
-        capture_output=True, text=True, check=True, env=dict(os.environ),
+        capture_output=True, text=True, check=True,
     )  # fmt: skip
     seconds, matplotlib = proc.stdout.split()
     return float(seconds), matplotlib == "True"

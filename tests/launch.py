@@ -20,9 +20,13 @@ SMOKE_ARCH = "resnet26"
 DEMO_ARCH = "resnet50"
 
 
+def with_flag(args: list[str], name: str, value: str) -> list[str]:
+    """`args` with `--name=value` in place of their `--name=...`."""
+    return [f"--{name}={value}" if a.startswith(f"--{name}=") else a for a in args]
+
+
 def with_arch(args: list[str], arch: str) -> list[str]:
-    """`args` with `--arch=arch` in place of their `--arch=...`."""
-    return [f"--arch={arch}" if a.startswith("--arch=") else a for a in args]
+    return with_flag(args, "arch", arch)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

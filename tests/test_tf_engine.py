@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.launch import HOROVODRUN, REPO_ROOT, SMOKE_ARCH, run, subprocess_env
+from tests.launch import HOROVODRUN, REPO_ROOT, SMOKE_ARCH, run, subprocess_env, with_flag
 from tests.test_cluster import (  # noqa: F401 (slurm: a fixture)
     assert_learned,
     assert_stopped_with_a_checkpoint,
@@ -268,8 +268,7 @@ def train_args(data_dir: str, model_dir: Path, backend: str = "tf") -> list[str]
     per epoch on 2 ranks). Through tf.data by default: this engine's resume test is the 2-rank
     exact resume of that backend (test_faults' is DALI's, under Horovod); the Slurm runs below
     read through DALI, as test_cluster's do."""
-    args = cluster_train_args(data_dir, model_dir, STEPS)
-    return [f"--data_backend={backend}" if a.startswith("--data_backend=") else a for a in args]
+    return with_flag(cluster_train_args(data_dir, model_dir, STEPS), "data_backend", backend)
 
 
 def endless_synthetic_run(model_dir: Path, *extra: str) -> list[str]:
@@ -318,9 +317,9 @@ def test_sigterm_to_one_worker_checkpoints_exits_75_and_resumes_exactly(
     tensorflow_run, small_digits_tfrecords, tmp_path
 ):
     """As the Horovod test in test_faults (DALI there, tf.data here): SIGTERM to a random
-    worker at a random step; every
-    worker checkpoints and exits 75, so does the launcher; the same command resumes, and every
-    step's loss and the final weights equal the uninterrupted run's."""
+    worker at a random step; every worker checkpoints and exits 75, so does the launcher; the
+    same command resumes, and every step's loss and the final weights equal the uninterrupted
+    run's."""
     interrupted = tmp_path / "interrupted"
     cmd = launch_cmd(train_args(small_digits_tfrecords, interrupted))
     proc, lines = start(cmd), []

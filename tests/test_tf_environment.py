@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.launch import REPO_ROOT
+from tests.launch import REPO_ROOT, run
 from tfconvnets.console import (
     DEFAULTED_VARIABLE,
     LOG_LEVEL_VARIABLE,
@@ -159,10 +159,7 @@ def test_tensorflow_loads_without_matplotlib_which_stays_importable():
         "import matplotlib.pyplot\n"
         "print(matplotlib.pyplot.__name__)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run([sys.executable, "-c", code], timeout=300)
     assert proc.stdout.split() == ["[]", "matplotlib.pyplot"], proc.stdout
 
 
